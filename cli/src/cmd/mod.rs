@@ -1,0 +1,4 @@
+pub mod devices;
+pub mod info;
+pub mod run;
+pub mod tokenize;

@@ -1,0 +1,35 @@
+//! The `kiln` command-line tool.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Run large language models on any GPU wgpu reaches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter with its features and limits.
+    Devices(cmd::devices::Args),
+    /// Describe a model file: architecture, hyperparameters, tokenizer, tensors.
+    Info(cmd::info::Args),
+    /// Turn text into token ids with a model's tokenizer.
+    Tokenize(cmd::tokenize::Args),
+    /// Generate text from a prompt.
+    Run(cmd::run::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Devices(args) => cmd::devices::run(args),
+        Command::Info(args) => cmd::info::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Run(args) => cmd::run::run(args),
+    }
+}

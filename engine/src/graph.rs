@@ -1,0 +1,186 @@
+//! The graph models build: inputs, constants and ops, appended in order so
+//! the node list is already topologically sorted.
+
+use std::fmt;
+use std::sync::Arc;
+
+use kiln_kernels::{CpuTensor, Op, TensorDesc};
+
+use crate::error::EngineError;
+
+/// A handle to one node's output.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub(crate) usize);
+
+impl TensorId {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl fmt::Debug for TensorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum NodeKind {
+    /// Fed anew on every run.
+    Input,
+    /// Uploaded once when the plan is compiled (weights).
+    Constant(Arc<CpuTensor>),
+    Op(Arc<dyn Op>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Unique, dumpable name, e.g. `blk.3.attn_norm`.
+    pub name: String,
+    pub kind: NodeKind,
+    pub inputs: Vec<TensorId>,
+    pub desc: TensorDesc,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    outputs: Vec<TensorId>,
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    pub fn input(&mut self, name: impl Into<String>, desc: TensorDesc) -> TensorId {
+        self.push(name.into(), NodeKind::Input, Vec::new(), desc)
+    }
+
+    pub fn constant(&mut self, name: impl Into<String>, tensor: impl Into<Arc<CpuTensor>>) -> TensorId {
+        let tensor = tensor.into();
+        let desc = tensor.desc().clone();
+        self.push(name.into(), NodeKind::Constant(tensor), Vec::new(), desc)
+    }
+
+    /// Applies `op` to `inputs`, checking shapes now so a bad model fails at
+    /// build time with the node named.
+    pub fn op(
+        &mut self,
+        name: impl Into<String>,
+        op: impl Op + 'static,
+        inputs: &[TensorId],
+    ) -> Result<TensorId, EngineError> {
+        self.apply(name, Arc::new(op), inputs)
+    }
+
+    pub fn apply(
+        &mut self,
+        name: impl Into<String>,
+        op: Arc<dyn Op>,
+        inputs: &[TensorId],
+    ) -> Result<TensorId, EngineError> {
+        let name = name.into();
+        let descs = inputs
+            .iter()
+            .map(|&t| self.try_desc(t).cloned())
+            .collect::<Result<Vec<_>, _>>()?;
+        let desc = op
+            .output(&descs)
+            .map_err(|source| EngineError::Op { node: name.clone(), source })?;
+        Ok(self.push(name, NodeKind::Op(op), inputs.to_vec(), desc))
+    }
+
+    /// Marks a tensor as a result of the graph; runs return outputs in the
+    /// order they were marked.
+    pub fn output(&mut self, t: TensorId) {
+        self.outputs.push(t);
+    }
+
+    pub fn desc(&self, t: TensorId) -> &TensorDesc {
+        &self.nodes[t.0].desc
+    }
+
+    pub fn try_desc(&self, t: TensorId) -> Result<&TensorDesc, EngineError> {
+        self.nodes.get(t.0).map(|n| &n.desc).ok_or(EngineError::UnknownTensor(t.0))
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn node(&self, t: TensorId) -> &Node {
+        &self.nodes[t.0]
+    }
+
+    pub fn outputs(&self) -> &[TensorId] {
+        &self.outputs
+    }
+
+    /// Ids of every node in order.
+    pub fn ids(&self) -> impl Iterator<Item = TensorId> {
+        (0..self.nodes.len()).map(TensorId)
+    }
+
+    fn push(&mut self, name: String, kind: NodeKind, inputs: Vec<TensorId>, desc: TensorDesc) -> TensorId {
+        self.nodes.push(Node { name, kind, inputs, desc });
+        TensorId(self.nodes.len() - 1)
+    }
+
+    /// Which nodes the outputs depend on, and for each node the index of the
+    /// last node that reads it (`None` for outputs: they live to the end).
+    pub(crate) fn liveness(&self) -> Result<Liveness, EngineError> {
+        if self.outputs.is_empty() {
+            return Err(EngineError::NoOutputs);
+        }
+        let n = self.nodes.len();
+        let mut live = vec![false; n];
+        for &o in &self.outputs {
+            *live.get_mut(o.0).ok_or(EngineError::UnknownTensor(o.0))? = true;
+        }
+        for i in (0..n).rev() {
+            if live[i] {
+                for t in &self.nodes[i].inputs {
+                    live[t.0] = true;
+                }
+            }
+        }
+        let mut last_use: Vec<Option<usize>> = vec![None; n];
+        for i in 0..n {
+            if live[i] {
+                for t in &self.nodes[i].inputs {
+                    last_use[t.0] = Some(i);
+                }
+            }
+        }
+        let mut is_output = vec![false; n];
+        for &o in &self.outputs {
+            is_output[o.0] = true;
+            last_use[o.0] = None;
+        }
+        Ok(Liveness { live, last_use, is_output })
+    }
+}
+
+pub(crate) struct Liveness {
+    pub live: Vec<bool>,
+    /// Last reader of each node; `None` for outputs and unread nodes.
+    pub last_use: Vec<Option<usize>>,
+    pub is_output: Vec<bool>,
+}
+
+impl Liveness {
+    /// Nodes whose storage may be released once node `i` has run.
+    pub fn released_after<'g>(&'g self, graph: &'g Graph, i: usize) -> impl Iterator<Item = usize> + 'g {
+        let mut seen = Vec::new();
+        graph.nodes[i].inputs.iter().filter_map(move |t| {
+            let j = t.0;
+            if self.last_use[j] == Some(i) && !seen.contains(&j) {
+                seen.push(j);
+                Some(j)
+            } else {
+                None
+            }
+        })
+    }
+}

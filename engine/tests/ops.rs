@@ -1,0 +1,80 @@
+//! The op-test harness: every registered case (kiln_kernels::OP_CASES) runs
+//! on every available device — the CPU executor and the GPU, if any — on
+//! fresh random inputs, against the op's CPU reference with the case's
+//! tolerance. Set KILN_TEST_SEED to replay a failing draw.
+
+use kiln_engine::debug::first_violation;
+use kiln_engine::testing::devices;
+use kiln_engine::{CpuTensor, DType, Device, EngineError, Graph};
+use kiln_kernels::cases::OpCase;
+use kiln_kernels::{quant, OpError, TensorDesc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn seed() -> u64 {
+    std::env::var("KILN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    })
+}
+
+/// Random values in `case.dist`, stored in the input's dtype.
+fn random_input(rng: &mut StdRng, desc: &TensorDesc, case: &OpCase) -> CpuTensor {
+    let n = desc.numel().expect("case shapes are small");
+    let values: Vec<f32> = (0..n).map(|_| rng.random_range(case.dist.lo..case.dist.hi)).collect();
+    match desc.dtype {
+        DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values).expect("shape matches"),
+        DType::F16 => CpuTensor::from_f32_as_f16(desc.shape.clone(), &values).expect("shape matches"),
+        d => {
+            let bytes = quant::quantize(d, &values).unwrap_or_else(|e| panic!("{}: cannot make a {d} input: {e}", case.label));
+            CpuTensor::from_bytes(desc.clone(), bytes).expect("quantized size matches")
+        }
+    }
+}
+
+fn run_case(device: &Device, case: &OpCase, inputs: &[CpuTensor]) -> Result<CpuTensor, EngineError> {
+    let mut g = Graph::new();
+    let ids: Vec<_> = case.inputs.iter().enumerate().map(|(i, d)| g.input(format!("in{i}"), d.clone())).collect();
+    let out = g.apply("out", case.op.clone(), &ids)?;
+    g.output(out);
+    let mut plan = device.executor().compile(&g)?;
+    let feeds: Vec<_> = ids.iter().copied().zip(inputs.iter()).collect();
+    Ok(plan.run(&feeds)?.remove(0))
+}
+
+#[test]
+fn every_op_on_every_device_matches_the_cpu_reference() {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let devices = devices("op tests");
+    let cases: Vec<OpCase> = kiln_kernels::OP_CASES.iter().flat_map(|f| f()).collect();
+    assert!(!cases.is_empty(), "no op cases registered");
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for case in &cases {
+        let inputs: Vec<CpuTensor> = case.inputs.iter().map(|d| random_input(&mut rng, d, case)).collect();
+        let want = run_case(&Device::Cpu, case, &inputs).unwrap_or_else(|e| panic!("{}: CPU reference failed: {e}", case.label));
+        let want = want.to_f32().expect("outputs are float");
+        for device in devices.iter().filter(|d| matches!(d, Device::Gpu(_))) {
+            match run_case(device, case, &inputs) {
+                Ok(got) => {
+                    ran += 1;
+                    let got = got.to_f32().expect("outputs are float");
+                    if let Some((i, g, w, max)) = first_violation(&got, &want, case.tolerance) {
+                        failures.push(format!(
+                            "{} on {}: at [{i}] got {g}, want {w} (max |diff| {max}, tolerance {:?})",
+                            case.label,
+                            device.name(),
+                            case.tolerance
+                        ));
+                    }
+                }
+                Err(EngineError::Op { source: OpError::Unsupported { what, .. }, .. }) => {
+                    eprintln!("NOT RUN {} on {}: device lacks {what}", case.label, device.name());
+                }
+                Err(e) => failures.push(format!("{} on {}: {e}", case.label, device.name())),
+            }
+        }
+    }
+    eprintln!("op tests: {} cases, {ran} GPU runs, seed {seed}", cases.len());
+    assert!(failures.is_empty(), "seed {seed}: {} failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -1,0 +1,65 @@
+//! Op-test cases: each kernel module lists the shapes it must get right,
+//! and the engine's harness runs every case on every device against the CPU
+//! reference with fresh random inputs.
+
+use std::sync::Arc;
+
+use crate::op::Op;
+use crate::tensor::TensorDesc;
+
+/// How far a device's result may stray from the CPU reference: an element
+/// passes when `|got - want| <= abs + rel * |want|`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub abs: f32,
+    pub rel: f32,
+}
+
+impl Tolerance {
+    pub const fn new(abs: f32, rel: f32) -> Tolerance {
+        Tolerance { abs, rel }
+    }
+}
+
+/// The distribution random inputs are drawn from (uniform in `[lo, hi)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dist {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Dist {
+    pub const fn uniform(lo: f32, hi: f32) -> Dist {
+        Dist { lo, hi }
+    }
+}
+
+/// One op applied to inputs of given shapes and dtypes.
+#[derive(Clone, Debug)]
+pub struct OpCase {
+    /// Human-readable: op name plus shapes, e.g. `"matmul 17x33x9 f16"`.
+    pub label: String,
+    pub op: Arc<dyn Op>,
+    pub inputs: Vec<TensorDesc>,
+    pub dist: Dist,
+    pub tolerance: Tolerance,
+}
+
+impl OpCase {
+    pub fn new(op: impl Op + 'static, inputs: Vec<TensorDesc>, tolerance: Tolerance) -> OpCase {
+        let shapes: Vec<String> = inputs.iter().map(|d| format!("{d:?}")).collect();
+        let op: Arc<dyn Op> = Arc::new(op);
+        OpCase {
+            label: format!("{:?} on {}", op, shapes.join(", ")),
+            op,
+            inputs,
+            dist: Dist::uniform(-1.0, 1.0),
+            tolerance,
+        }
+    }
+
+    pub fn dist(mut self, dist: Dist) -> OpCase {
+        self.dist = dist;
+        self
+    }
+}
