@@ -9,6 +9,7 @@ use kiln_kernels::CpuTensor;
 use crate::error::EngineError;
 use crate::executor::{match_feeds, Executor, Feed, Plan, Timing};
 use crate::graph::{Graph, Liveness, NodeKind};
+use crate::tensor::Storage;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuExecutor;
@@ -61,6 +62,10 @@ pub(crate) fn evaluate(
                 Arc::new(t.clone())
             }
             NodeKind::Constant(t) => t.clone(),
+            NodeKind::Resident(t) => match t.storage() {
+                Storage::Cpu(t) => t.clone(),
+                Storage::Gpu { .. } => Arc::new(t.download()?),
+            },
             NodeKind::Op(op) => {
                 let inputs: Vec<&CpuTensor> = node
                     .inputs

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use kiln_kernels::{CpuTensor, Op, TensorDesc};
 
 use crate::error::EngineError;
+use crate::tensor::DeviceTensor;
 
 /// A handle to one node's output.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +31,8 @@ pub enum NodeKind {
     Input,
     /// Uploaded once when the plan is compiled (weights).
     Constant(Arc<CpuTensor>),
+    /// Already on a device, shared across plans (weights, caches).
+    Resident(DeviceTensor),
     Op(Arc<dyn Op>),
 }
 
@@ -61,6 +64,12 @@ impl Graph {
         let tensor = tensor.into();
         let desc = tensor.desc().clone();
         self.push(name.into(), NodeKind::Constant(tensor), Vec::new(), desc)
+    }
+
+    /// A tensor already uploaded with [`crate::Device::upload`]: plans bind
+    /// its storage instead of copying it.
+    pub fn resident(&mut self, name: impl Into<String>, tensor: &DeviceTensor) -> TensorId {
+        self.push(name.into(), NodeKind::Resident(tensor.clone()), Vec::new(), tensor.desc().clone())
     }
 
     /// Applies `op` to `inputs`, checking shapes now so a bad model fails at

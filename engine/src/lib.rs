@@ -9,6 +9,7 @@ pub mod error;
 pub mod executor;
 pub mod gpu;
 pub mod graph;
+pub mod tensor;
 pub mod testing;
 
 pub use cpu::CpuExecutor;
@@ -17,4 +18,5 @@ pub use error::EngineError;
 pub use executor::{Executor, Feed, Plan, Timing};
 pub use gpu::{GpuContext, GpuExecutor};
 pub use graph::{Graph, NodeKind, TensorId};
+pub use tensor::DeviceTensor;
 pub use kiln_kernels::{Caps, CpuTensor, DType, TensorDesc};

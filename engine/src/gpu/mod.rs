@@ -3,7 +3,7 @@
 
 mod plan;
 mod pool;
-mod readback;
+pub(crate) mod readback;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,6 +16,10 @@ use crate::executor::{Executor, Plan};
 use crate::graph::Graph;
 
 pub use plan::GpuPlan;
+
+pub(crate) const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
 
 /// An opened GPU: device, queue, what it can do, and compiled pipelines.
 pub struct GpuContext {
@@ -184,5 +188,19 @@ impl Executor for GpuExecutor {
 
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Plan>, EngineError> {
         Ok(Box::new(self.compile_plan(graph, true)?))
+    }
+}
+
+/// `write_buffer` wants a multiple of 4 bytes; pad the tail with zeros.
+pub(crate) fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if bytes.len() % 4 == 0 {
+        queue.write_buffer(buffer, 0, bytes);
+    } else {
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().next_multiple_of(4), 0);
+        queue.write_buffer(buffer, 0, &padded);
     }
 }

@@ -10,10 +10,11 @@ use kiln_kernels::{CpuTensor, TensorDesc};
 use crate::error::EngineError;
 use crate::executor::{match_feeds, Feed, Plan, Timing};
 use crate::graph::{Graph, NodeKind};
+use crate::tensor::Storage;
 
 use super::pool::Pool;
 use super::readback::{mappable, read_buffers};
-use super::GpuContext;
+use super::{write_padded, GpuContext, STORAGE};
 
 /// One dispatch.
 struct Step {
@@ -34,7 +35,7 @@ pub struct GpuPlan {
     ctx: Arc<GpuContext>,
     graph: Graph,
     /// Storage buffers; nodes point into this list, several nodes may share one.
-    buffers: Vec<wgpu::Buffer>,
+    buffers: Vec<Arc<wgpu::Buffer>>,
     /// Buffer slot of each live node.
     node_slot: Vec<Option<usize>>,
     /// Exact bytes of each node's tensor.
@@ -52,16 +53,12 @@ struct Timer {
     staging: wgpu::Buffer,
 }
 
-const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_DST)
-    .union(wgpu::BufferUsages::COPY_SRC);
-
 impl GpuPlan {
     pub(crate) fn new(ctx: Arc<GpuContext>, graph: &Graph, reuse_buffers: bool) -> Result<GpuPlan, EngineError> {
         let liveness = graph.liveness()?;
         let caps = &ctx.caps;
         let n = graph.nodes().len();
-        let mut buffers: Vec<wgpu::Buffer> = Vec::new();
+        let mut buffers: Vec<Arc<wgpu::Buffer>> = Vec::new();
         let mut capacity: Vec<u64> = Vec::new();
         let mut pooled: Vec<bool> = Vec::new();
         let mut node_slot: Vec<Option<usize>> = vec![None; n];
@@ -94,11 +91,28 @@ impl GpuPlan {
                 });
             }
             node_bytes[i] = bytes;
+            if let NodeKind::Resident(t) = &node.kind {
+                match t.storage() {
+                    Storage::Gpu { ctx: owner, buffer, .. } if Arc::ptr_eq(owner, &ctx) => {
+                        buffers.push(buffer.clone());
+                        capacity.push(mappable(bytes));
+                        pooled.push(false);
+                        node_slot[i] = Some(buffers.len() - 1);
+                        continue;
+                    }
+                    _ => {
+                        return Err(EngineError::Device {
+                            device: ctx.name().to_string(),
+                            message: format!("resident tensor `{}` lives on another device ({t:?})", node.name),
+                        })
+                    }
+                }
+            }
             let reusable = reuse_buffers && matches!(node.kind, NodeKind::Op(_)) && !liveness.is_output[i];
             let slot = match reusable.then(|| pool.take(bytes)).flatten() {
                 Some(slot) => slot,
                 None => {
-                    buffers.push(ctx.create_buffer(&node.name, mappable(bytes), STORAGE)?);
+                    buffers.push(Arc::new(ctx.create_buffer(&node.name, mappable(bytes), STORAGE)?));
                     capacity.push(mappable(bytes));
                     pooled.push(reusable);
                     buffers.len() - 1
@@ -106,7 +120,7 @@ impl GpuPlan {
             };
             node_slot[i] = Some(slot);
             match &node.kind {
-                NodeKind::Input => {}
+                NodeKind::Input | NodeKind::Resident(_) => {}
                 NodeKind::Constant(t) => write_padded(&ctx.queue, &buffers[slot], &t.bytes()),
                 NodeKind::Op(op) => {
                     let descs: Vec<TensorDesc> = node.inputs.iter().map(|t| graph.desc(*t).clone()).collect();
@@ -338,18 +352,4 @@ fn make_timer(ctx: &GpuContext) -> Result<Timer, EngineError> {
     let resolve = ctx.create_buffer("timer resolve", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)?;
     let staging = ctx.create_buffer("timer readback", 16, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
     Ok(Timer { queries, resolve, staging })
-}
-
-/// `write_buffer` wants a multiple of 4 bytes; pad the tail with zeros.
-fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, bytes: &[u8]) {
-    if bytes.is_empty() {
-        return;
-    }
-    if bytes.len() % 4 == 0 {
-        queue.write_buffer(buffer, 0, bytes);
-    } else {
-        let mut padded = bytes.to_vec();
-        padded.resize(bytes.len().next_multiple_of(4), 0);
-        queue.write_buffer(buffer, 0, &padded);
-    }
 }
