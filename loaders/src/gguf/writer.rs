@@ -1,0 +1,218 @@
+//! The GGUF writer: builds a v3 (or v2) file in memory or on disk.
+//!
+//! It follows what llama.cpp's `gguf.cpp` reads back: little-endian, u64
+//! counts and lengths, tensor infos in insertion order with data offsets
+//! relative to the data section, each tensor's data padded with zeros to
+//! the alignment (the last one too: llama.cpp sizes the data section as the
+//! sum of padded sizes), and names shorter than `GGML_MAX_NAME`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+
+use kiln_kernels::{DType, TensorDesc};
+
+use crate::error::{ErrorKind, LoadError};
+use crate::gguf::values::{write_string, write_value};
+use crate::gguf::{DEFAULT_ALIGNMENT, MAGIC, MAX_ALIGNMENT, MAX_DIMS, MAX_NAME_BYTES};
+use crate::metadata::{Metadata, Value};
+
+const ALIGNMENT_KEY: &str = "general.alignment";
+
+struct PendingTensor {
+    name: String,
+    desc: TensorDesc,
+    data: Vec<u8>,
+}
+
+/// Collects metadata and tensors, then writes them as one GGUF file.
+///
+/// ```
+/// # use kiln_loaders::{gguf::GgufWriter, GgufFile, Value};
+/// # use kiln_kernels::DType;
+/// let mut w = GgufWriter::new();
+/// w.add("general.architecture", Value::String("llama".into()))?;
+/// w.add_tensor("norm.weight", DType::F32, &[4], vec![0u8; 16])?;
+/// let file = GgufFile::from_bytes(w.to_bytes()?, "model.gguf")?;
+/// assert_eq!(file.tensors()[0].shape, vec![4]);
+/// # Ok::<(), kiln_loaders::LoadError>(())
+/// ```
+pub struct GgufWriter {
+    version: u32,
+    alignment: u64,
+    metadata: Vec<(String, Value)>,
+    keys: HashSet<String>,
+    tensors: Vec<PendingTensor>,
+    names: HashSet<String>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> GgufWriter {
+        GgufWriter::new()
+    }
+}
+
+impl GgufWriter {
+    /// An empty v3 file with the default alignment (32).
+    pub fn new() -> GgufWriter {
+        GgufWriter {
+            version: 3,
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            keys: HashSet::new(),
+            tensors: Vec::new(),
+            names: HashSet::new(),
+        }
+    }
+
+    /// Writes a v2 header instead (v2 and v3 differ only in the number: v3
+    /// allowed big-endian files, which kiln never writes).
+    pub fn version(&mut self, version: u32) -> Result<&mut Self, LoadError> {
+        if version != 2 && version != 3 {
+            return Err(LoadError::new(ErrorKind::UnsupportedVersion(version)));
+        }
+        self.version = version;
+        Ok(self)
+    }
+
+    /// Adds a key; adding `general.alignment` (a u32 power of two, at most
+    /// [`MAX_ALIGNMENT`]) also sets
+    /// the alignment tensors are padded to.
+    pub fn add(&mut self, key: impl Into<String>, value: Value) -> Result<&mut Self, LoadError> {
+        let key = key.into();
+        if key == ALIGNMENT_KEY {
+            match value {
+                Value::U32(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => self.alignment = u64::from(a),
+                Value::U32(a) => return Err(LoadError::new(ErrorKind::BadAlignment(a.into()))),
+                _ => {
+                    return Err(LoadError::new(ErrorKind::BadMetadata {
+                        key,
+                        expected: "a u32",
+                    }))
+                }
+            }
+        }
+        // Fail now rather than at write time on a malformed array.
+        write_value(&mut Vec::new(), &value, 0)?;
+        if !self.keys.insert(key.clone()) {
+            return Err(LoadError::new(ErrorKind::DuplicateKey(key)));
+        }
+        self.metadata.push((key, value));
+        Ok(self)
+    }
+
+    /// Adds every key of `metadata` (sorted by key).
+    pub fn add_metadata(&mut self, metadata: &Metadata) -> Result<&mut Self, LoadError> {
+        for (k, v) in metadata.iter() {
+            self.add(k, v.clone())?;
+        }
+        Ok(self)
+    }
+
+    /// Shorthand for `add("general.alignment", Value::U32(alignment))`.
+    pub fn alignment(&mut self, alignment: u32) -> Result<&mut Self, LoadError> {
+        self.add(ALIGNMENT_KEY, Value::U32(alignment))
+    }
+
+    /// Adds a tensor. `shape` is in kiln order (last dimension contiguous),
+    /// `data` its bytes in `dtype`'s layout.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        shape: &[usize],
+        data: impl Into<Vec<u8>>,
+    ) -> Result<&mut Self, LoadError> {
+        let name = name.into();
+        let data = data.into();
+        let fail = |kind| LoadError::new(kind).tensor(name.clone());
+        if name.len() > MAX_NAME_BYTES {
+            return Err(fail(ErrorKind::NameTooLong {
+                len: name.len(),
+                max: MAX_NAME_BYTES,
+            }));
+        }
+        if shape.len() > MAX_DIMS {
+            return Err(fail(ErrorKind::TooManyDims {
+                n_dims: shape.len() as u64,
+                max: MAX_DIMS,
+            }));
+        }
+        let desc = TensorDesc::new(dtype, shape);
+        let row = shape.last().copied().unwrap_or(1);
+        if row % dtype.block_size() != 0 {
+            return Err(fail(ErrorKind::RowNotBlockMultiple {
+                row: row as u64,
+                dtype,
+                block: dtype.block_size(),
+            }));
+        }
+        let shape_u64 = || shape.iter().map(|&d| d as u64).collect();
+        let expected = desc
+            .byte_size()
+            .ok_or_else(|| fail(ErrorKind::ShapeOverflow { shape: shape_u64() }))?;
+        if expected != data.len() {
+            return Err(fail(ErrorKind::SizeMismatch {
+                expected: expected as u64,
+                got: data.len() as u64,
+            }));
+        }
+        if !self.names.insert(name.clone()) {
+            return Err(fail(ErrorKind::DuplicateTensor));
+        }
+        self.tensors.push(PendingTensor { name, desc, data });
+        Ok(self)
+    }
+
+    /// The whole file as bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, LoadError> {
+        let align = usize::try_from(self.alignment).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            write_string(&mut out, key);
+            out.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
+            write_value(&mut out, value, 0)?;
+        }
+        let mut offset = 0usize;
+        for t in &self.tensors {
+            write_string(&mut out, &t.name);
+            out.extend_from_slice(&(t.desc.shape.len() as u32).to_le_bytes());
+            // GGUF's ne[] runs from the contiguous dimension outwards.
+            for &d in t.desc.shape.iter().rev() {
+                out.extend_from_slice(&(d as u64).to_le_bytes());
+            }
+            out.extend_from_slice(&t.desc.dtype.info().ggml_id.to_le_bytes());
+            out.extend_from_slice(&(offset as u64).to_le_bytes());
+            offset += t.data.len().next_multiple_of(align);
+        }
+        pad(&mut out, align);
+        for t in &self.tensors {
+            out.extend_from_slice(&t.data);
+            pad(&mut out, align);
+        }
+        Ok(out)
+    }
+
+    /// Writes the file to `w`.
+    pub fn write_to(&self, mut w: impl Write) -> Result<(), LoadError> {
+        w.write_all(&self.to_bytes()?)
+            .map_err(|e| LoadError::new(ErrorKind::Io(e)))
+    }
+
+    /// Writes the file at `path`.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<(), LoadError> {
+        let path = path.as_ref();
+        let bytes = self
+            .to_bytes()
+            .map_err(|e| e.in_file(path.display().to_string()))?;
+        std::fs::write(path, bytes).map_err(|e| LoadError::io(path, e))
+    }
+}
+
+fn pad(out: &mut Vec<u8>, align: usize) {
+    out.resize(out.len().next_multiple_of(align), 0);
+}
