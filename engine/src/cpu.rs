@@ -62,19 +62,24 @@ pub(crate) fn evaluate(
                 Arc::new(t.clone())
             }
             NodeKind::Constant(t) => t.clone(),
-            NodeKind::Resident(t) => match t.storage() {
-                Storage::Cpu(t) => t.clone(),
-                Storage::Gpu { .. } => Arc::new(t.download()?),
-            },
+            NodeKind::Resident(t) => Arc::new(t.download()?),
             NodeKind::Op(op) => {
                 let inputs: Vec<&CpuTensor> = node
                     .inputs
                     .iter()
                     .map(|t| values[t.index()].as_deref().ok_or(EngineError::UnknownTensor(t.index())))
                     .collect::<Result<_, _>>()?;
-                let mut out = CpuTensor::zeros(&node.desc)?;
+                // An in-place write starts from the target's current value.
+                let mut out = match node.target.map(|t| values[t.index()].as_deref()) {
+                    Some(Some(current)) => current.clone(),
+                    Some(None) => return Err(EngineError::UnknownTensor(i)),
+                    None => CpuTensor::zeros(&node.desc)?,
+                };
                 op.cpu(&inputs, &mut out)
                     .map_err(|source| EngineError::Op { node: node.name.clone(), source })?;
+                if let Some(t) = node.target {
+                    store_resident(graph, t.index(), &out)?;
+                }
                 Arc::new(out)
             }
         };
@@ -86,6 +91,24 @@ pub(crate) fn evaluate(
         }
     }
     Ok(values)
+}
+
+/// Writes `value` back into the resident tensor of node `target`.
+fn store_resident(graph: &Graph, target: usize, value: &CpuTensor) -> Result<(), EngineError> {
+    let node = &graph.nodes()[target];
+    match &node.kind {
+        NodeKind::Resident(t) => match t.storage() {
+            Storage::Cpu(cell) => {
+                *cell.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value.clone();
+                Ok(())
+            }
+            Storage::Gpu { .. } => Err(EngineError::Device {
+                device: "cpu".into(),
+                message: format!("the CPU executor cannot write into `{}`, which lives on a GPU", node.name),
+            }),
+        },
+        _ => Err(EngineError::NotResident { node: node.name.clone(), target: node.name.clone() }),
+    }
 }
 
 impl Plan for CpuPlan {

@@ -1,6 +1,7 @@
 //! The engine's errors: every failure names the op, the shapes and the
 //! device involved.
 
+use kiln_kernels::layout::LayoutError;
 use kiln_kernels::{OpError, TensorDesc, TensorError};
 
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +10,8 @@ pub enum EngineError {
     Op { node: String, source: OpError },
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
     #[error("no GPU adapter matches `{spec}` (adapters: {available})")]
     NoAdapter { spec: String, available: String },
     #[error("could not open device {device}: {message}")]
@@ -29,6 +32,8 @@ pub enum EngineError {
     NotAnInput(usize),
     #[error("tensor id {0} is not in this graph")]
     UnknownTensor(usize),
+    #[error("node `{node}` writes into `{target}`, which is not a resident tensor")]
+    NotResident { node: String, target: String },
     #[error("graph has no outputs")]
     NoOutputs,
 }

@@ -43,6 +43,10 @@ pub struct Node {
     pub kind: NodeKind,
     pub inputs: Vec<TensorId>,
     pub desc: TensorDesc,
+    /// For ops that write into a resident tensor in place (KV-cache
+    /// appends): that resident node. The op's output *is* its storage, and
+    /// elements the op does not write keep their values across runs.
+    pub target: Option<TensorId>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -100,6 +104,31 @@ impl Graph {
         Ok(self.push(name, NodeKind::Op(op), inputs.to_vec(), desc))
     }
 
+    /// Applies `op` writing in place into `target`, a [`Graph::resident`]
+    /// node with exactly the op's output dtype and shape. Later nodes that
+    /// read the returned id see the write; the resident keeps it for the
+    /// next run and for other plans. Always runs, even if nothing reads it.
+    pub fn write_into(
+        &mut self,
+        name: impl Into<String>,
+        op: impl Op + 'static,
+        inputs: &[TensorId],
+        target: TensorId,
+    ) -> Result<TensorId, EngineError> {
+        let name = name.into();
+        let node = self.nodes.get(target.0).ok_or(EngineError::UnknownTensor(target.0))?;
+        if !matches!(node.kind, NodeKind::Resident(_)) {
+            return Err(EngineError::NotResident { node: name, target: node.name.clone() });
+        }
+        let target_desc = node.desc.clone();
+        let id = self.op(name.clone(), op, inputs)?;
+        if self.nodes[id.0].desc != target_desc {
+            return Err(EngineError::FeedMismatch { node: name, expected: target_desc, got: self.nodes[id.0].desc.clone() });
+        }
+        self.nodes[id.0].target = Some(target);
+        Ok(id)
+    }
+
     /// Marks a tensor as a result of the graph; runs return outputs in the
     /// order they were marked.
     pub fn output(&mut self, t: TensorId) {
@@ -132,7 +161,7 @@ impl Graph {
     }
 
     fn push(&mut self, name: String, kind: NodeKind, inputs: Vec<TensorId>, desc: TensorDesc) -> TensorId {
-        self.nodes.push(Node { name, kind, inputs, desc });
+        self.nodes.push(Node { name, kind, inputs, desc, target: None });
         TensorId(self.nodes.len() - 1)
     }
 
@@ -146,6 +175,13 @@ impl Graph {
         let mut live = vec![false; n];
         for &o in &self.outputs {
             *live.get_mut(o.0).ok_or(EngineError::UnknownTensor(o.0))? = true;
+        }
+        // In-place writes have effects beyond the outputs: always run them.
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(t) = node.target {
+                live[i] = true;
+                live[t.0] = true;
+            }
         }
         for i in (0..n).rev() {
             if live[i] {

@@ -1,7 +1,7 @@
 //! Tensors that live on a device across runs and plans: weights uploaded
 //! once and shared by the prefill and decode plans, later the KV cache.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use kiln_kernels::{CpuTensor, TensorDesc};
 
@@ -19,7 +19,8 @@ pub struct DeviceTensor {
 
 #[derive(Clone)]
 pub(crate) enum Storage {
-    Cpu(Arc<CpuTensor>),
+    /// Host residents are written in place by the CPU executor.
+    Cpu(Arc<RwLock<CpuTensor>>),
     Gpu { ctx: Arc<GpuContext>, buffer: Arc<wgpu::Buffer>, bytes: u64 },
 }
 
@@ -45,7 +46,7 @@ impl DeviceTensor {
     /// Copies the tensor back to the host.
     pub fn download(&self) -> Result<CpuTensor, EngineError> {
         match &self.storage {
-            Storage::Cpu(t) => Ok((**t).clone()),
+            Storage::Cpu(t) => Ok(t.read().unwrap_or_else(PoisonError::into_inner).clone()),
             Storage::Gpu { ctx, buffer, bytes } => {
                 let staging = ctx.create_buffer(
                     "download",
@@ -68,9 +69,9 @@ impl Device {
     pub fn upload(&self, tensor: &CpuTensor) -> Result<DeviceTensor, EngineError> {
         let desc = tensor.desc().clone();
         let storage = match self {
-            Device::Cpu => Storage::Cpu(Arc::new(tensor.clone())),
+            Device::Cpu => Storage::Cpu(Arc::new(RwLock::new(tensor.clone()))),
             Device::Gpu(ctx) => {
-                let bytes = tensor.bytes();
+                let bytes = crate::gpu::gpu_layout(tensor)?;
                 let size = bytes.len() as u64;
                 if mappable(size) > ctx.caps.max_storage_binding_bytes {
                     return Err(EngineError::TooLarge {

@@ -8,6 +8,7 @@
 
 pub mod cases;
 pub mod dtype;
+pub mod layout;
 pub mod op;
 pub mod quant;
 pub mod tensor;

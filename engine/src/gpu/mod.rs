@@ -8,7 +8,9 @@ pub(crate) mod readback;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use kiln_kernels::{Caps, GpuKernel};
+use std::borrow::Cow;
+
+use kiln_kernels::{Caps, CpuTensor, GpuKernel};
 
 use crate::device::{caps_of, wanted_features};
 use crate::error::EngineError;
@@ -202,5 +204,14 @@ pub(crate) fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, bytes: &[
         let mut padded = bytes.to_vec();
         padded.resize(bytes.len().next_multiple_of(4), 0);
         queue.write_buffer(buffer, 0, &padded);
+    }
+}
+
+/// A host tensor's bytes in the layout GPU kernels read (quantized weights
+/// may be repacked; see `kiln_kernels::layout`).
+pub(crate) fn gpu_layout(t: &CpuTensor) -> Result<Cow<'_, [u8]>, EngineError> {
+    match t.bytes() {
+        Cow::Borrowed(b) => Ok(kiln_kernels::layout::to_gpu(t.desc(), b)?),
+        Cow::Owned(b) => Ok(Cow::Owned(kiln_kernels::layout::to_gpu(t.desc(), &b)?.into_owned())),
     }
 }

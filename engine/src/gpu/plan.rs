@@ -14,7 +14,7 @@ use crate::tensor::Storage;
 
 use super::pool::Pool;
 use super::readback::{mappable, read_buffers};
-use super::{write_padded, GpuContext, STORAGE};
+use super::{gpu_layout, write_padded, GpuContext, STORAGE};
 
 /// One dispatch.
 struct Step {
@@ -72,9 +72,7 @@ impl GpuPlan {
             if !liveness.live[i] {
                 continue;
             }
-            let bytes = node
-                .desc
-                .byte_size()
+            let bytes = kiln_kernels::layout::gpu_bytes(&node.desc)
                 .map(|b| b as u64)
                 .ok_or_else(|| EngineError::TooLarge {
                     node: node.name.clone(),
@@ -108,8 +106,10 @@ impl GpuPlan {
                     }
                 }
             }
-            let reusable = reuse_buffers && matches!(node.kind, NodeKind::Op(_)) && !liveness.is_output[i];
-            let slot = match reusable.then(|| pool.take(bytes)).flatten() {
+            let reusable =
+                reuse_buffers && matches!(node.kind, NodeKind::Op(_)) && !liveness.is_output[i] && node.target.is_none();
+            let in_place = node.target.and_then(|t| node_slot[t.index()]);
+            let slot = match in_place.or_else(|| reusable.then(|| pool.take(bytes)).flatten()) {
                 Some(slot) => slot,
                 None => {
                     buffers.push(Arc::new(ctx.create_buffer(&node.name, mappable(bytes), STORAGE)?));
@@ -121,7 +121,7 @@ impl GpuPlan {
             node_slot[i] = Some(slot);
             match &node.kind {
                 NodeKind::Input | NodeKind::Resident(_) => {}
-                NodeKind::Constant(t) => write_padded(&ctx.queue, &buffers[slot], &t.bytes()),
+                NodeKind::Constant(t) => write_padded(&ctx.queue, &buffers[slot], &gpu_layout(t)?),
                 NodeKind::Op(op) => {
                     let descs: Vec<TensorDesc> = node.inputs.iter().map(|t| graph.desc(*t).clone()).collect();
                     let kernel = op
@@ -220,7 +220,7 @@ impl GpuPlan {
         for (i, node) in self.graph.nodes().iter().enumerate() {
             if let (NodeKind::Input, Some(slot)) = (&node.kind, self.node_slot[i]) {
                 let t = fed[i].ok_or_else(|| EngineError::MissingFeed { node: node.name.clone() })?;
-                write_padded(&self.ctx.queue, &self.buffers[slot], &t.bytes());
+                write_padded(&self.ctx.queue, &self.buffers[slot], &gpu_layout(t)?);
             }
         }
         Ok(())
