@@ -63,6 +63,10 @@ pub(crate) fn evaluate(
             }
             NodeKind::Constant(t) => t.clone(),
             NodeKind::Resident(t) => Arc::new(t.download()?),
+            NodeKind::Reshape => {
+                let src = values[node.inputs[0].index()].as_deref().ok_or(EngineError::UnknownTensor(i))?;
+                Arc::new(src.clone().reshape(node.desc.shape.clone())?)
+            }
             NodeKind::Op(op) => {
                 let inputs: Vec<&CpuTensor> = node
                     .inputs
@@ -85,7 +89,7 @@ pub(crate) fn evaluate(
         };
         values[i] = Some(value);
         if !keep_all {
-            for j in liveness.released_after(graph, i) {
+            for j in liveness.values_released_after(graph, i) {
                 values[j] = None;
             }
         }

@@ -34,6 +34,8 @@ pub enum EngineError {
     UnknownTensor(usize),
     #[error("node `{node}` writes into `{target}`, which is not a resident tensor")]
     NotResident { node: String, target: String },
+    #[error("cannot reshape `{node}` from {from:?} to {to:?}")]
+    Reshape { node: String, from: TensorDesc, to: TensorDesc },
     #[error("graph has no outputs")]
     NoOutputs,
 }

@@ -33,6 +33,8 @@ pub enum NodeKind {
     Constant(Arc<CpuTensor>),
     /// Already on a device, shared across plans (weights, caches).
     Resident(DeviceTensor),
+    /// The input's storage seen with another shape: no copy, no dispatch.
+    Reshape,
     Op(Arc<dyn Op>),
 }
 
@@ -74,6 +76,18 @@ impl Graph {
     /// its storage instead of copying it.
     pub fn resident(&mut self, name: impl Into<String>, tensor: &DeviceTensor) -> TensorId {
         self.push(name.into(), NodeKind::Resident(tensor.clone()), Vec::new(), tensor.desc().clone())
+    }
+
+    /// `t` with a new shape of the same element count, sharing its storage.
+    pub fn reshape(&mut self, t: TensorId, shape: impl Into<Vec<usize>>) -> Result<TensorId, EngineError> {
+        let from = self.try_desc(t)?.clone();
+        let to = TensorDesc::new(from.dtype, shape);
+        let rows_whole = to.shape.last().is_none_or(|&c| c % from.dtype.block_size() == 0);
+        if to.numel() != from.numel() || !rows_whole {
+            return Err(EngineError::Reshape { node: self.nodes[t.0].name.clone(), from, to });
+        }
+        let name = format!("{}.reshape", self.nodes[t.0].name);
+        Ok(self.push(name, NodeKind::Reshape, vec![t], to))
     }
 
     /// Applies `op` to `inputs`, checking shapes now so a bad model fails at
@@ -165,8 +179,8 @@ impl Graph {
         TensorId(self.nodes.len() - 1)
     }
 
-    /// Which nodes the outputs depend on, and for each node the index of the
-    /// last node that reads it (`None` for outputs: they live to the end).
+    /// Which nodes the outputs depend on, which storage each node uses, and
+    /// when that storage can be released.
     pub(crate) fn liveness(&self) -> Result<Liveness, EngineError> {
         if self.outputs.is_empty() {
             return Err(EngineError::NoOutputs);
@@ -190,42 +204,67 @@ impl Graph {
                 }
             }
         }
+        // Reshapes and in-place writes use another node's storage.
+        let mut root: Vec<usize> = (0..n).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(t) = node.target {
+                root[i] = root[t.0];
+            } else if matches!(node.kind, NodeKind::Reshape) {
+                root[i] = root[node.inputs[0].0];
+            }
+        }
         let mut last_use: Vec<Option<usize>> = vec![None; n];
-        for i in 0..n {
-            if live[i] {
-                for t in &self.nodes[i].inputs {
-                    last_use[t.0] = Some(i);
-                }
+        let mut node_last_use: Vec<Option<usize>> = vec![None; n];
+        for i in (0..n).filter(|&i| live[i]) {
+            for t in &self.nodes[i].inputs {
+                last_use[root[t.0]] = Some(i);
+                node_last_use[t.0] = Some(i);
+            }
+            // A view keeps its root alive as long as the view is read.
+            if root[i] != i && last_use[root[i]].is_some() {
+                last_use[root[i]] = Some(i);
             }
         }
         let mut is_output = vec![false; n];
         for &o in &self.outputs {
-            is_output[o.0] = true;
-            last_use[o.0] = None;
+            is_output[root[o.0]] = true;
+            last_use[root[o.0]] = None;
+            node_last_use[o.0] = None;
         }
-        Ok(Liveness { live, last_use, is_output })
+        Ok(Liveness { live, root, last_use, node_last_use, is_output })
     }
 }
 
 pub(crate) struct Liveness {
     pub live: Vec<bool>,
-    /// Last reader of each node; `None` for outputs and unread nodes.
+    /// The node whose storage each node uses (itself, unless a view or an
+    /// in-place write).
+    pub root: Vec<usize>,
+    /// Last reader of each root's storage; `None` for outputs and unread.
     pub last_use: Vec<Option<usize>>,
+    /// Last reader of each node's own value (the CPU executor frees by it).
+    pub node_last_use: Vec<Option<usize>>,
+    /// Roots whose storage holds an output.
     pub is_output: Vec<bool>,
 }
 
 impl Liveness {
-    /// Nodes whose storage may be released once node `i` has run.
+    /// Roots whose storage may be released once node `i` has run.
     pub fn released_after<'g>(&'g self, graph: &'g Graph, i: usize) -> impl Iterator<Item = usize> + 'g {
         let mut seen = Vec::new();
         graph.nodes[i].inputs.iter().filter_map(move |t| {
-            let j = t.0;
-            if self.last_use[j] == Some(i) && !seen.contains(&j) {
-                seen.push(j);
-                Some(j)
+            let r = self.root[t.0];
+            if self.last_use[r] == Some(i) && !seen.contains(&r) {
+                seen.push(r);
+                Some(r)
             } else {
                 None
             }
         })
+    }
+
+    /// Nodes whose values the CPU executor may drop once node `i` has run.
+    pub fn values_released_after<'g>(&'g self, graph: &'g Graph, i: usize) -> impl Iterator<Item = usize> + 'g {
+        graph.nodes[i].inputs.iter().map(|t| t.0).filter(move |&j| self.node_last_use[j] == Some(i))
     }
 }

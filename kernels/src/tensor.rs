@@ -132,6 +132,17 @@ impl CpuTensor {
         &self.desc
     }
 
+    /// The same data under another shape with the same byte size.
+    pub fn reshape(mut self, shape: impl Into<Vec<usize>>) -> Result<CpuTensor, TensorError> {
+        let desc = TensorDesc::new(self.desc.dtype, shape);
+        let have = self.desc.byte_size().unwrap_or(0);
+        if desc.byte_size() != Some(have) {
+            return Err(TensorError::Size { expected: desc.byte_size(), desc, got: have });
+        }
+        self.desc = desc;
+        Ok(self)
+    }
+
     pub fn dtype(&self) -> DType {
         self.desc.dtype
     }

@@ -106,10 +106,15 @@ impl GpuPlan {
                     }
                 }
             }
+            if matches!(node.kind, NodeKind::Reshape) || node.target.is_some() {
+                node_slot[i] = node_slot[liveness.root[i]];
+            }
+            if matches!(node.kind, NodeKind::Reshape) {
+                continue;
+            }
             let reusable =
                 reuse_buffers && matches!(node.kind, NodeKind::Op(_)) && !liveness.is_output[i] && node.target.is_none();
-            let in_place = node.target.and_then(|t| node_slot[t.index()]);
-            let slot = match in_place.or_else(|| reusable.then(|| pool.take(bytes)).flatten()) {
+            let slot = match node_slot[i].or_else(|| reusable.then(|| pool.take(bytes)).flatten()) {
                 Some(slot) => slot,
                 None => {
                     buffers.push(Arc::new(ctx.create_buffer(&node.name, mappable(bytes), STORAGE)?));
@@ -120,7 +125,7 @@ impl GpuPlan {
             };
             node_slot[i] = Some(slot);
             match &node.kind {
-                NodeKind::Input | NodeKind::Resident(_) => {}
+                NodeKind::Input | NodeKind::Resident(_) | NodeKind::Reshape => {}
                 NodeKind::Constant(t) => write_padded(&ctx.queue, &buffers[slot], &gpu_layout(t)?),
                 NodeKind::Op(op) => {
                     let descs: Vec<TensorDesc> = node.inputs.iter().map(|t| graph.desc(*t).clone()).collect();

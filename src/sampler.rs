@@ -1,0 +1,322 @@
+//! The sampler chain: from a step's logits to one token id.
+//!
+//! Order follows llama.cpp's default chain: repetition/frequency/presence
+//! penalties over the last `penalty_last_n` tokens, then top-k, top-p,
+//! min-p, temperature, and a seeded draw. `temperature <= 0` is greedy
+//! (argmax after penalties). The reported logprob is the chosen token's log
+//! probability under the model's raw distribution (softmax of the logits
+//! before any sampler touched them), as OpenAI-style APIs report it.
+
+use std::collections::{HashMap, VecDeque};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Sampling settings. `Default` is llama.cpp's: temperature 0.8, top-k 40,
+/// top-p 0.95, min-p 0.05, no penalties.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerConfig {
+    /// 0 (or below) picks the most likely token.
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p; 1 keeps all.
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p × the most likely one; 0 keeps all.
+    pub min_p: f32,
+    /// Divides positive logits (multiplies negative ones) of recent tokens; 1 is off.
+    pub repeat_penalty: f32,
+    /// Subtracted once per occurrence of a recent token.
+    pub frequency_penalty: f32,
+    /// Subtracted once from any recent token.
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    pub penalty_last_n: usize,
+    /// Same seed, same logits → same tokens. `None` seeds from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Argmax, no penalties.
+    pub fn greedy() -> SamplerConfig {
+        SamplerConfig { temperature: 0.0, ..SamplerConfig::default() }
+    }
+
+    /// Checks ranges so an absurd request is an error, not a NaN.
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        let bad = |what: &'static str, value: f32| Err(SamplerError::Invalid { what, value });
+        if !self.temperature.is_finite() {
+            return bad("temperature", self.temperature);
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad("top_p", self.top_p);
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", self.min_p);
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad("repeat_penalty", self.repeat_penalty);
+        }
+        if !self.frequency_penalty.is_finite() {
+            return bad("frequency_penalty", self.frequency_penalty);
+        }
+        if !self.presence_penalty.is_finite() {
+            return bad("presence_penalty", self.presence_penalty);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum SamplerError {
+    #[error("sampler setting {what} = {value} is out of range")]
+    Invalid { what: &'static str, value: f32 },
+    #[error("no logits to sample from")]
+    Empty,
+}
+
+/// One sampled token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampled {
+    pub id: u32,
+    /// ln p(id) under the model's raw distribution.
+    pub logprob: f32,
+}
+
+pub struct Sampler {
+    config: SamplerConfig,
+    rng: StdRng,
+    recent: VecDeque<u32>,
+}
+
+impl Sampler {
+    pub fn new(config: SamplerConfig) -> Result<Sampler, SamplerError> {
+        config.validate()?;
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Ok(Sampler { config, rng, recent: VecDeque::new() })
+    }
+
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// Records tokens the penalties should see (the prompt, then each
+    /// generated token).
+    pub fn accept(&mut self, ids: &[u32]) {
+        let n = self.config.penalty_last_n;
+        for &id in ids {
+            self.recent.push_back(id);
+            while self.recent.len() > n {
+                self.recent.pop_front();
+            }
+        }
+    }
+
+    /// Chooses the next token from `logits` (one per vocabulary entry) and
+    /// records it as accepted.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<Sampled, SamplerError> {
+        if logits.is_empty() {
+            return Err(SamplerError::Empty);
+        }
+        let mut scores = logits.to_vec();
+        self.apply_penalties(&mut scores);
+        let id = if self.config.temperature <= 0.0 {
+            argmax(&scores)
+        } else {
+            self.draw(&scores)
+        };
+        let logprob = log_softmax_at(logits, id as usize);
+        self.accept(&[id]);
+        Ok(Sampled { id, logprob })
+    }
+
+    fn apply_penalties(&self, scores: &mut [f32]) {
+        let c = &self.config;
+        if self.recent.is_empty()
+            || (c.repeat_penalty == 1.0 && c.frequency_penalty == 0.0 && c.presence_penalty == 0.0)
+        {
+            return;
+        }
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for &id in &self.recent {
+            *counts.entry(id).or_default() += 1;
+        }
+        for (&id, &count) in &counts {
+            let Some(s) = scores.get_mut(id as usize) else { continue };
+            // llama.cpp: divide positive logits, multiply negative ones.
+            *s = if *s > 0.0 { *s / c.repeat_penalty } else { *s * c.repeat_penalty };
+            *s -= count as f32 * c.frequency_penalty + c.presence_penalty;
+        }
+    }
+
+    /// top-k → top-p → min-p → temperature → weighted draw.
+    fn draw(&mut self, scores: &[f32]) -> u32 {
+        let c = &self.config;
+        let mut cand: Vec<(u32, f32)> = scores
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_nan())
+            .map(|(i, &s)| (i as u32, s))
+            .collect();
+        if cand.is_empty() {
+            return 0;
+        }
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if c.top_k > 0 {
+            cand.truncate(c.top_k.max(1));
+        }
+        if c.top_p < 1.0 {
+            let probs = softmax(&cand, 1.0);
+            let mut total = 0.0;
+            let mut keep = cand.len();
+            for (i, p) in probs.iter().enumerate() {
+                total += p;
+                if total >= f64::from(c.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep.max(1));
+        }
+        if c.min_p > 0.0 {
+            let probs = softmax(&cand, 1.0);
+            let floor = f64::from(c.min_p) * probs[0];
+            let keep = probs.iter().take_while(|&&p| p >= floor).count();
+            cand.truncate(keep.max(1));
+        }
+        let probs = softmax(&cand, c.temperature);
+        let mut r: f64 = self.rng.random::<f64>();
+        for (&(id, _), &p) in cand.iter().zip(&probs) {
+            r -= p;
+            if r <= 0.0 {
+                return id;
+            }
+        }
+        cand[cand.len() - 1].0
+    }
+}
+
+/// Index of the largest value; the lowest index wins ties.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Probabilities of sorted candidates at temperature `t`, in f64.
+fn softmax(cand: &[(u32, f32)], t: f32) -> Vec<f64> {
+    let max = cand.first().map_or(0.0, |c| f64::from(c.1));
+    let t = f64::from(t);
+    let exps: Vec<f64> = cand.iter().map(|&(_, s)| ((f64::from(s) - max) / t).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// ln softmax(logits)[i], computed stably in f64.
+pub fn log_softmax_at(logits: &[f32], i: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    (f64::from(logits[i] - max) - sum.ln()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(f: impl FnOnce(&mut SamplerConfig)) -> SamplerConfig {
+        let mut c = SamplerConfig { seed: Some(7), ..SamplerConfig::default() };
+        f(&mut c);
+        c
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_and_reports_its_logprob() {
+        let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
+        let out = s.sample(&[0.0, 2.0, 1.0]).unwrap();
+        assert_eq!(out.id, 1);
+        let want = (2.0f64 - (1.0f64 + 2f64.exp() + 1f64.exp()).ln()) as f32;
+        assert!((out.logprob - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(cfg(|c| c.seed = Some(seed))).unwrap();
+            (0..20).map(|_| s.sample(&logits).unwrap().id).collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let mut s = Sampler::new(cfg(|c| c.top_k = 1)).unwrap();
+        for _ in 0..10 {
+            assert_eq!(s.sample(&[0.5, 0.1, 3.0, 2.9]).unwrap().id, 2);
+        }
+    }
+
+    #[test]
+    fn min_p_and_top_p_cut_the_tail() {
+        // p ≈ [0.88, 0.12, ~0]: min_p 0.2 keeps only token 0.
+        let logits = [2.0, 0.0, -20.0];
+        let mut s = Sampler::new(cfg(|c| {
+            c.min_p = 0.2;
+            c.top_p = 1.0;
+            c.top_k = 0
+        }))
+        .unwrap();
+        assert!((0..50).all(|_| s.sample(&logits).unwrap().id == 0));
+        let mut s = Sampler::new(cfg(|c| {
+            c.top_p = 0.5;
+            c.min_p = 0.0;
+            c.top_k = 0
+        }))
+        .unwrap();
+        assert!((0..50).all(|_| s.sample(&logits).unwrap().id == 0));
+    }
+
+    #[test]
+    fn repeat_penalty_steers_away_from_recent_tokens() {
+        let mut s = Sampler::new(SamplerConfig { repeat_penalty: 4.0, ..SamplerConfig::greedy() }).unwrap();
+        s.accept(&[0]);
+        // 2.0 / 4 = 0.5 < 1.0: token 1 wins now.
+        assert_eq!(s.sample(&[2.0, 1.0]).unwrap().id, 1);
+        let mut s = Sampler::new(SamplerConfig { presence_penalty: 5.0, ..SamplerConfig::greedy() }).unwrap();
+        s.accept(&[0]);
+        assert_eq!(s.sample(&[2.0, 1.0]).unwrap().id, 1);
+    }
+
+    #[test]
+    fn absurd_settings_are_errors() {
+        assert!(Sampler::new(cfg(|c| c.top_p = 2.0)).is_err());
+        assert!(Sampler::new(cfg(|c| c.temperature = f32::NAN)).is_err());
+        assert!(Sampler::new(cfg(|c| c.repeat_penalty = 0.0)).is_err());
+        let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
+        assert_eq!(s.sample(&[]), Err(SamplerError::Empty));
+    }
+}
