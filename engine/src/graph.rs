@@ -82,7 +82,7 @@ impl Graph {
     pub fn reshape(&mut self, t: TensorId, shape: impl Into<Vec<usize>>) -> Result<TensorId, EngineError> {
         let from = self.try_desc(t)?.clone();
         let to = TensorDesc::new(from.dtype, shape);
-        let rows_whole = to.shape.last().is_none_or(|&c| c % from.dtype.block_size() == 0);
+        let rows_whole = to.shape.last().is_none_or(|&c| c.is_multiple_of(from.dtype.block_size()));
         if to.numel() != from.numel() || !rows_whole {
             return Err(EngineError::Reshape { node: self.nodes[t.0].name.clone(), from, to });
         }

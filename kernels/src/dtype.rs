@@ -171,7 +171,7 @@ impl DType {
     /// of blocks or the product overflows.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let info = self.info();
-        if n % info.block_size != 0 {
+        if !n.is_multiple_of(info.block_size) {
             return None;
         }
         (n / info.block_size).checked_mul(info.block_bytes)

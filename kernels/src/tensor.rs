@@ -33,7 +33,7 @@ impl TensorDesc {
     pub fn byte_size(&self) -> Option<usize> {
         let n = self.numel()?;
         if let Some(&last) = self.shape.last() {
-            if last % self.dtype.block_size() != 0 {
+            if !last.is_multiple_of(self.dtype.block_size()) {
                 return None;
             }
         }

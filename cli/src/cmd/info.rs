@@ -412,3 +412,48 @@ fn human(v: f64, unit: &str) -> String {
     };
     format!("{scaled:.2} {prefix}{unit}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(98_362_432.0, "B"), "98.36 MB");
+        assert_eq!(human(9.0, ""), "9");
+        assert_eq!(human(327.0, "B"), "327 B");
+    }
+
+    /// The real model, when fetched (the loader tests insist on it under
+    /// KILN_REQUIRE_MODEL=1; here a missing file just skips).
+    #[test]
+    fn smollm2_report() {
+        let home = std::env::var_os("KILN_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln")
+            });
+        let path = std::env::var_os("KILN_TEST_MODEL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        if !path.is_file() {
+            eprintln!("skipped: model not found, run scripts/fetch-model.sh");
+            return;
+        }
+        assert!(is_gguf(&path).unwrap());
+        let r = gguf_report(&path).unwrap();
+        let j = r.to_json(false);
+        assert_eq!(j["architecture"], "llama");
+        assert_eq!(j["hyperparameters"]["block_count"], 30);
+        assert_eq!(j["hyperparameters"]["head_dim"], 64);
+        assert_eq!(j["hyperparameters"]["norm_eps"], 1e-5);
+        assert_eq!(j["tensor_count"], 272);
+        assert_eq!(j["dtypes"], json!({"q4_1": 210, "f32": 61, "q8_0": 1}));
+        assert_eq!(j["tied_output"], true);
+        assert_eq!(j["tokenizer"]["pre"], "smollm");
+        assert_eq!(
+            r.to_json(true)["tensors"].as_array().map(Vec::len),
+            Some(272)
+        );
+    }
+}

@@ -82,7 +82,9 @@ impl GgufWriter {
         let key = key.into();
         if key == ALIGNMENT_KEY {
             match value {
-                Value::U32(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => self.alignment = u64::from(a),
+                Value::U32(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => {
+                    self.alignment = u64::from(a)
+                }
                 Value::U32(a) => return Err(LoadError::new(ErrorKind::BadAlignment(a.into()))),
                 _ => {
                     return Err(LoadError::new(ErrorKind::BadMetadata {
