@@ -36,3 +36,26 @@ fn gpu_reports_its_device() {
         eprintln!("GPU: {} caps {caps:?}", ctx.name());
     }
 }
+
+#[test]
+fn reshapes_share_storage_and_keep_it_alive() {
+    use kiln_kernels::elementwise::{Add, Scale};
+    // x [2,3] -> s = 2x -> view [3,2] -> y = view + view; s's storage must
+    // survive until y reads the view, and the output is a view of y too.
+    let mut g = Graph::new();
+    let x = g.input("x", TensorDesc::f32([2, 3]));
+    let s = g.op("s", Scale { s: 2.0 }, &[x]).expect("shape");
+    let v = g.reshape(s, [3, 2]).expect("same numel");
+    let filler = g.op("filler", Scale { s: 1.0 }, &[x]).expect("shape");
+    let y = g.op("y", Add, &[v, v]).expect("shape");
+    let out = g.reshape(y, [6]).expect("same numel");
+    g.output(out);
+    g.output(filler);
+    assert!(matches!(g.reshape(x, [5]), Err(EngineError::Reshape { .. })));
+    let input = CpuTensor::from_f32([2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("valid");
+    for device in kiln_engine::testing::devices("reshape") {
+        let got = device.executor().compile(&g).expect("compiles").run(&[(x, &input)]).expect("runs");
+        assert_eq!(got[0].shape(), &[6]);
+        assert_eq!(got[0].as_f32().expect("f32"), &[4.0, 8.0, 12.0, 16.0, 20.0, 24.0], "on {}", device.name());
+    }
+}

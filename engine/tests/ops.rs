@@ -20,6 +20,11 @@ fn seed() -> u64 {
 /// Random values in `case.dist`, stored in the input's dtype.
 fn random_input(rng: &mut StdRng, desc: &TensorDesc, case: &OpCase) -> CpuTensor {
     let n = desc.numel().expect("case shapes are small");
+    if desc.dtype == DType::I32 {
+        let (lo, hi) = case.ints;
+        let bytes = (0..n).flat_map(|_| rng.random_range(lo..hi).to_le_bytes()).collect();
+        return CpuTensor::from_bytes(desc.clone(), bytes).expect("shape matches");
+    }
     let values: Vec<f32> = (0..n).map(|_| rng.random_range(case.dist.lo..case.dist.hi)).collect();
     match desc.dtype {
         DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values).expect("shape matches"),

@@ -42,6 +42,9 @@ pub struct OpCase {
     pub op: Arc<dyn Op>,
     pub inputs: Vec<TensorDesc>,
     pub dist: Dist,
+    /// Where I32 inputs (positions, lengths) are drawn from, uniform in
+    /// `[lo, hi)`: they must be valid for the op, unlike random floats.
+    pub ints: (i32, i32),
     pub tolerance: Tolerance,
 }
 
@@ -54,12 +57,19 @@ impl OpCase {
             op,
             inputs,
             dist: Dist::uniform(-1.0, 1.0),
+            ints: (0, 1),
             tolerance,
         }
     }
 
     pub fn dist(mut self, dist: Dist) -> OpCase {
         self.dist = dist;
+        self
+    }
+
+    /// Draws I32 inputs uniformly from `[lo, hi)`.
+    pub fn ints(mut self, lo: i32, hi: i32) -> OpCase {
+        self.ints = (lo, hi);
         self
     }
 }

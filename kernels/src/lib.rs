@@ -7,11 +7,23 @@
 //! stack in.
 
 pub mod cases;
+mod check;
+pub mod copy;
 pub mod dtype;
+pub mod elementwise;
+pub mod get_rows;
 pub mod layout;
+pub mod matmul;
 pub mod op;
+pub mod qmatmul;
 pub mod quant;
+pub mod rms_norm;
+pub mod rope;
+mod rows;
+pub mod softmax;
+mod template;
 pub mod tensor;
+pub mod transpose;
 
 pub use dtype::DType;
 pub use op::{Caps, GpuKernel, Op, OpError};
@@ -19,4 +31,13 @@ pub use tensor::{CpuTensor, TensorDesc, TensorError};
 
 /// Every op's test cases. Adding an op: its module above, and one line here.
 pub const OP_CASES: &[fn() -> Vec<cases::OpCase>] = &[
+    elementwise::cases,
+    softmax::cases,
+    rms_norm::cases,
+    copy::cases,
+    transpose::cases,
+    matmul::cases,
+    qmatmul::cases,
+    get_rows::cases,
+    rope::cases,
 ];
