@@ -6,12 +6,15 @@
 //! pipelines), so loaders can share the dtype table without pulling a GPU
 //! stack in.
 
+pub mod attention;
 pub mod cases;
 mod check;
 pub mod copy;
 pub mod dtype;
 pub mod elementwise;
 pub mod get_rows;
+pub mod flash_attn;
+pub mod kv_append;
 pub mod layout;
 pub mod matmul;
 pub mod op;
@@ -37,6 +40,9 @@ pub const OP_CASES: &[fn() -> Vec<cases::OpCase>] = &[
     copy::cases,
     transpose::cases,
     matmul::cases,
+    kv_append::cases,
+    attention::cases,
+    flash_attn::cases,
     qmatmul::cases,
     get_rows::cases,
     rope::cases,

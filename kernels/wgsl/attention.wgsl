@@ -1,0 +1,129 @@
+// Decode attention: out[t, h] = softmax_j(scale * q[t, h] . k[j, g]) v[j, g]
+// over the keys j this query sees, g = h / group (GQA). Query t sits at
+// position pos + t; it sees key j iff j <= pos + t, j < ctx and, with a
+// sliding window, pos + t - j < window. No scores matrix in memory.
+//
+// One workgroup per (query, head). Keys go by blocks of WG:
+//   1. invocation i scores key j0 + i against q (held, pre-scaled, in
+//      workgroup memory), then the workgroup reduces the block's max and
+//      its sum of exp (subgroup or workgroup-memory reduction, REDUCE);
+//   2. the online softmax (Milakov & Gimelshein 2018): the running max m,
+//      sum l and output acc are rescaled by exp(m_old - m_new) per block;
+//   3. for p . V, invocation i owns dimension i % HD of a key split i / HD
+//      (WG / HD splits, so V rows are read coalesced); splits are summed at
+//      the end through workgroup memory.
+// Layouts: q, out [n_q, n_head, HD]; k, v [ctx, n_kv, HD], f32 or f16.
+
+struct Params {
+    n_q: u32,     // T
+    n_head: u32,
+    n_kv: u32,
+    ctx: u32,
+    group: u32,   // n_head / n_kv
+    window: u32,  // 0 = no sliding window
+    scale: f32,
+    _pad: u32,
+}
+
+const WG: u32 = {{WG}};
+const HD: u32 = {{HD}};
+// Key splits in the p . V step (HD <= WG, checked on the host).
+const SPLITS: u32 = WG / HD;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<{{KV}}>;
+@group(0) @binding(3) var<storage, read> v: array<{{KV}}>;
+
+// k_at(i), v_at(i): element i of a cache as f32 (an F16 cache is read as
+// u32 pairs, so no f16 feature is needed).
+{{KV_LOAD}}
+@group(0) @binding(4) var<storage, read> pos: array<i32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+{{REDUCE}}
+// The most negative finite f32 (WGSL has no -inf literal).
+const LOWEST: f32 = -3.40282347e38;
+
+var<workgroup> q_sh: array<f32, HD>;
+// A block's probabilities, then the key splits' partial outputs.
+var<workgroup> p_sh: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(ids: Ids) {
+    // Items spread over x and y (op::grid); uniform per workgroup.
+    let item = ids.wg.x + ids.wg.y * ids.nwg.x;
+    if item >= p.n_q * p.n_head {
+        return;
+    }
+    let t = item / p.n_head;
+    let h = item - t * p.n_head;
+    let kvh = h / p.group;
+    let lid = ids.lid;
+
+    // Visible keys [lo, hi). i32 wraps like the CPU reference's.
+    let pq = pos[0] + i32(t);
+    var hi = 0u;
+    var lo = 0u;
+    if pq >= 0 {
+        hi = min(u32(pq) + 1u, p.ctx);
+        if p.window > 0u && u32(pq) + 1u > p.window {
+            lo = u32(pq) + 1u - p.window;
+        }
+    }
+
+    for (var d = lid; d < HD; d += WG) {
+        q_sh[d] = q[item * HD + d] * p.scale;
+    }
+    workgroupBarrier();
+
+    let my_d = lid % HD;
+    let my_split = lid / HD;
+    var m = LOWEST;
+    var l = 0.0;
+    var acc = 0.0;
+    for (var j0 = lo; j0 < hi; j0 += WG) {
+        let j = j0 + lid;
+        var s = LOWEST;
+        if j < hi {
+            let kb = (j * p.n_kv + kvh) * HD;
+            s = 0.0;
+            for (var d = 0u; d < HD; d++) {
+                s += q_sh[d] * k_at(kb + d);
+            }
+        }
+        let m_new = max(m, wg_max(s, ids));
+        var e = 0.0;
+        if j < hi {
+            e = exp(s - m_new);
+        }
+        p_sh[lid] = e;
+        // wg_sum's barrier also publishes p_sh.
+        let alpha = exp(m - m_new);
+        l = l * alpha + wg_sum(e, ids);
+        m = m_new;
+        if my_split < SPLITS {
+            let n = min(WG, hi - j0);
+            var a = 0.0;
+            for (var jj = my_split; jj < n; jj += SPLITS) {
+                a += p_sh[jj] * v_at(((j0 + jj) * p.n_kv + kvh) * HD + my_d);
+            }
+            acc = acc * alpha + a;
+        }
+        // The next block overwrites p_sh.
+        workgroupBarrier();
+    }
+
+    if my_split < SPLITS {
+        p_sh[lid] = acc;
+    }
+    workgroupBarrier();
+    if lid < HD {
+        var o = 0.0;
+        for (var s = 0u; s < SPLITS; s++) {
+            o += p_sh[s * HD + lid];
+        }
+        // No visible key (a position before 0): zeros, like the reference.
+        out[item * HD + lid] = select(0.0, o / l, l > 0.0);
+    }
+}
