@@ -333,7 +333,11 @@ fn sweep(device: &Device, coop: bool, rng: &mut StdRng) {
             let bad = g
                 .iter()
                 .zip(w.iter())
-                .filter(|(g, w)| !((*g - *w).abs() <= tol.abs + tol.rel * w.abs()))
+                .filter(|(g, w)| {
+                    // NaN counts as off.
+                    let d = (*g - *w).abs();
+                    d.is_nan() || d > tol.abs + tol.rel * w.abs()
+                })
                 .count();
             if bad > 0 {
                 return Err(format!("{bad} of {} elements off", g.len()));
