@@ -1,18 +1,24 @@
 //! kiln: run large language models on any GPU wgpu reaches.
 //!
-//! The user-facing API. Today it re-exports the engine (devices, graphs,
+//! The user-facing API: [`Model::load`] a GGUF model onto a [`Device`],
+//! then [`Model::generate`] tokens through the [`Sampler`] chain as a
+//! stream of [`StreamToken`]s. It re-exports the engine (devices, graphs,
 //! executors) and the loaders (GGUF, safetensors, tokenizers, chat
-//! templates); `Model::load` and the `Generator` arrive with the LLaMA
-//! end-to-end work (see ROADMAP.md).
+//! templates) too.
 
+pub mod generate;
+pub mod model;
 pub mod sampler;
 pub mod stop;
 
 pub use kiln_engine as engine;
 pub use kiln_kernels as kernels;
 pub use kiln_loaders as loaders;
+pub use kiln_models as models;
 
+pub use generate::{FinishReason, GenerateOptions, GenerationStats, Generator, StreamToken};
 pub use kiln_engine::{Device, EngineError, Executor, Graph, Plan};
 pub use kiln_kernels::{CpuTensor, DType, TensorDesc};
+pub use model::{Error, LanguageModel, Model, ModelOptions};
 pub use sampler::{Sampled, Sampler, SamplerConfig, SamplerError};
 pub use stop::{StopMatcher, StopOutput};

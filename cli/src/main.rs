@@ -22,6 +22,8 @@ enum Command {
     Tokenize(cmd::tokenize::Args),
     /// Generate text from a prompt.
     Run(cmd::run::Args),
+    /// The next-token logits after a prompt: argmax and top tokens.
+    Logits(cmd::logits::Args),
 }
 
 fn main() -> Result<()> {
@@ -31,5 +33,6 @@ fn main() -> Result<()> {
         Command::Info(args) => cmd::info::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Logits(args) => cmd::logits::run(args),
     }
 }

@@ -1,4 +1,5 @@
 pub mod devices;
 pub mod info;
+pub mod logits;
 pub mod run;
 pub mod tokenize;

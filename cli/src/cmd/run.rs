@@ -1,14 +1,189 @@
-use anyhow::Result;
+//! `kiln run [-m MODEL] PROMPT`: generate text, streaming tokens as they
+//! come, as plain text or one JSON object per token.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kiln::loaders::{EncodeOptions, Message};
+use kiln::{Device, GenerateOptions, Model, ModelOptions, SamplerConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The prompt.
-    prompt: Vec<String>,
+    /// A .gguf model; defaults to SmolLM2-135M-Instruct Q4_1 fetched by
+    /// scripts/fetch-model.sh.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// The prompt (or give it as the trailing words).
+    #[arg(short, long)]
+    prompt: Option<String>,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep the k most likely tokens; 0 keeps all.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise the last 64 tokens; 1 is off.
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Same seed, same output; random when unset.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Context length (KV cache positions); 0 = min(model's, 4096).
+    #[arg(long, default_value_t = 0)]
+    ctx: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Keep generating through end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// The prompt, when -p is not given; words are joined by spaces.
+    #[arg(allow_hyphen_values = true)]
+    words: Vec<String>,
 }
 
-pub fn run(_args: Args) -> Result<()> {
-    // Generation lands with the LLaMA end-to-end issue; until then say so
-    // plainly instead of pretending.
-    println!("no model yet: kiln can load and tokenize models, generation is not built yet (see ROADMAP.md)");
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// The text as it streams; stats on stderr.
+    Text,
+    /// One {"id","text","logprob"} per token, then the stats.
+    Jsonl,
+}
+
+/// `--device`, shared by the commands that run a model.
+#[derive(clap::Args)]
+pub struct DeviceArg {
+    /// Where to run: gpu, cpu, an adapter index or part of its name.
+    #[arg(long, env = "KILN_DEVICE", default_value = "gpu")]
+    device: String,
+}
+
+impl DeviceArg {
+    pub fn open(&self) -> Result<Device> {
+        Device::open(&self.device)
+            .with_context(|| format!("opening device `{}` (try --device cpu)", self.device))
+    }
+}
+
+/// The model path given, or the default model, with a hint when missing.
+pub fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let home = match std::env::var_os("KILN_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln"),
+    };
+    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        bail!(
+            "no -m MODEL given and the default model {} is missing: run scripts/fetch-model.sh",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Loads the model named by `-m` (or the default) on the chosen device.
+pub fn load_model(model: Option<PathBuf>, device: &DeviceArg, ctx: usize) -> Result<Model> {
+    let path = model_path(model)?;
+    let device = device.open()?;
+    Model::load(&path, &device, ModelOptions { ctx })
+        .with_context(|| format!("loading {}", path.display()))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let prompt = match (&args.prompt, args.words.is_empty()) {
+        (Some(p), true) => p.clone(),
+        (None, false) => args.words.join(" "),
+        (Some(_), false) => bail!("give the prompt either with -p or as trailing words, not both"),
+        (None, true) => bail!("no prompt: kiln run -p \"...\" or kiln run \"...\""),
+    };
+    let mut model = load_model(args.model, &args.device, args.ctx)?;
+    let (text, encode) = if args.chat {
+        // The template writes any BOS itself.
+        let text = model.render_chat(&[Message::new("user", prompt)], true)?;
+        (
+            text,
+            EncodeOptions {
+                add_special: false,
+                parse_special: true,
+            },
+        )
+    } else {
+        (prompt, EncodeOptions::default())
+    };
+    let ids = model.tokenizer().encode(&text, encode)?;
+    let options = GenerateOptions {
+        max_tokens: args.n,
+        sampler: SamplerConfig {
+            temperature: args.temp,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repeat_penalty: args.repeat_penalty,
+            seed: args.seed,
+            ..SamplerConfig::default()
+        },
+        stop: args.stop,
+        ignore_eos: args.ignore_eos,
+    };
+    let device_name = model.device_name();
+    let mut out = std::io::stdout().lock();
+    let mut generator = model.generate(&ids, options)?;
+    // The iterator rather than the callback, so a closed stdout (`| head`)
+    // stops generation at once.
+    for token in generator.by_ref() {
+        let token = token?;
+        match args.format {
+            Format::Text => out.write_all(token.text.as_bytes()),
+            Format::Jsonl => writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "id": token.id, "text": token.text, "logprob": token.logprob })
+            ),
+        }
+        .and_then(|()| out.flush())
+        .context("writing to stdout")?;
+    }
+    let stats = generator.stats();
+    match args.format {
+        Format::Text => {
+            writeln!(out)?;
+            eprintln!(
+                "prompt: {} tokens, {:.1} tok/s; generated: {} tokens, {:.1} tok/s ({})",
+                stats.prompt_tokens,
+                stats.prefill_tok_s(),
+                stats.gen_tokens,
+                stats.decode_tok_s(),
+                device_name
+            );
+        }
+        Format::Jsonl => writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "prompt_tokens": stats.prompt_tokens,
+                "gen_tokens": stats.gen_tokens,
+                "prefill_tok_s": stats.prefill_tok_s(),
+                "decode_tok_s": stats.decode_tok_s(),
+            })
+        )?,
+    }
     Ok(())
 }

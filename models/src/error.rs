@@ -1,0 +1,44 @@
+//! The models' one error type: every failure names the metadata key or the
+//! tensor involved.
+
+use kiln_engine::EngineError;
+use kiln_kernels::{DType, TensorDesc};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unsupported architecture `{arch}` (kiln runs: {supported})")]
+    UnsupportedArchitecture {
+        arch: String,
+        supported: &'static str,
+    },
+    #[error("the model metadata has no `general.architecture`")]
+    NoArchitecture,
+    #[error("metadata key `{key}` is missing")]
+    MissingKey { key: String },
+    #[error("metadata key `{key}` is invalid: {why}")]
+    BadValue { key: String, why: String },
+    #[error("tensor `{name}` is missing from the model file")]
+    MissingTensor { name: String },
+    #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("tensor `{name}` is {dtype}, which kiln cannot use for {what}")]
+    TensorDType {
+        name: String,
+        dtype: DType,
+        what: &'static str,
+    },
+    #[error("tensor `{name}` {desc:?}: {source}")]
+    TensorData {
+        name: String,
+        desc: TensorDesc,
+        source: kiln_kernels::TensorError,
+    },
+    #[error("uploading tensor `{name}`: {source}")]
+    Upload { name: String, source: EngineError },
+    #[error("building the forward graph: {0}")]
+    Graph(#[from] EngineError),
+}

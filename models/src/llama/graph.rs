@@ -1,0 +1,266 @@
+//! The LLaMA forward graph for T tokens at positions pos..pos+T, writing
+//! their keys and values into resident caches. One graph per T: compiled
+//! once, it serves every step with that many tokens (the positions are
+//! inputs). Every node is named after llama.cpp's intermediates
+//! (`blk.{i}.attn_norm`, ...) so a debug run can dump and compare them.
+
+use kiln_engine::{Device, DeviceTensor, Graph, TensorId};
+use kiln_kernels::attention::{Attention, AttnConfig};
+use kiln_kernels::elementwise::{Add, Mul, Silu};
+use kiln_kernels::flash_attn::FlashAttention;
+use kiln_kernels::get_rows::GetRows;
+use kiln_kernels::kv_append::KvAppend;
+use kiln_kernels::qmatmul::QMatMul;
+use kiln_kernels::rms_norm::RmsNorm;
+use kiln_kernels::rope::Rope;
+use kiln_kernels::{CpuTensor, DType, TensorDesc};
+
+use crate::error::ModelError;
+use crate::llama::config::LlamaConfig;
+use crate::llama::weights::LlamaWeights;
+
+/// The key and value caches, one pair per layer, resident on the device
+/// for the whole session: `[ctx, n_head_kv, head_dim]` F32 each.
+#[derive(Clone, Debug)]
+pub struct Caches {
+    pub ctx: usize,
+    pub k: Vec<DeviceTensor>,
+    pub v: Vec<DeviceTensor>,
+}
+
+impl Caches {
+    /// Zeroed caches for `ctx` positions.
+    pub fn new(config: &LlamaConfig, ctx: usize, device: &Device) -> Result<Caches, ModelError> {
+        let desc = TensorDesc::f32([ctx, config.n_head_kv, config.head_dim]);
+        let zeros = CpuTensor::zeros(&desc).map_err(|source| ModelError::TensorData {
+            name: "kv cache".into(),
+            desc: desc.clone(),
+            source,
+        })?;
+        let upload = |i: usize, which: &str| {
+            device.upload(&zeros).map_err(|source| ModelError::Upload {
+                name: format!("cache_{which}.{i}"),
+                source,
+            })
+        };
+        let k = (0..config.n_layer)
+            .map(|i| upload(i, "k"))
+            .collect::<Result<_, _>>()?;
+        let v = (0..config.n_layer)
+            .map(|i| upload(i, "v"))
+            .collect::<Result<_, _>>()?;
+        Ok(Caches { ctx, k, v })
+    }
+}
+
+/// Which positions' logits a forward returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogitsMode {
+    /// The last position only, `[1, vocab]` (generation).
+    Last,
+    /// Every position, `[T, vocab]` (perplexity).
+    All,
+}
+
+/// A built forward graph and the handles to feed it.
+#[derive(Debug)]
+pub struct ForwardGraph {
+    pub graph: Graph,
+    /// I32 `[T]`: token ids.
+    pub tokens: TensorId,
+    /// I32 `[T]`: each token's position (rope).
+    pub positions: TensorId,
+    /// I32 `[1]`: the first token's position (cache rows, causal mask).
+    pub pos: TensorId,
+    /// F32 `[1, vocab]` or `[T, vocab]`.
+    pub logits: TensorId,
+    pub n_tokens: usize,
+}
+
+/// The three inputs of a forward over `tokens` starting at position `pos`.
+pub struct ForwardInputs {
+    pub tokens: CpuTensor,
+    pub positions: CpuTensor,
+    pub pos: CpuTensor,
+}
+
+fn i32_tensor(values: &[i32]) -> Result<CpuTensor, ModelError> {
+    let desc = TensorDesc::new(DType::I32, [values.len()]);
+    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    CpuTensor::from_bytes(desc.clone(), bytes).map_err(|source| ModelError::TensorData {
+        name: "inputs".into(),
+        desc,
+        source,
+    })
+}
+
+impl ForwardInputs {
+    /// Ids and positions as I32 tensors. The caller has checked that ids are
+    /// in the vocabulary and that `pos + tokens.len()` fits the cache; here
+    /// only the I32 range is checked.
+    pub fn new(tokens: &[u32], pos: usize) -> Result<ForwardInputs, ModelError> {
+        let too_big = |what: &str| ModelError::BadValue {
+            key: what.into(),
+            why: "does not fit in an i32".into(),
+        };
+        let ids = tokens
+            .iter()
+            .map(|&t| i32::try_from(t).map_err(|_| too_big("token id")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = i32::try_from(pos).map_err(|_| too_big("position"))?;
+        let positions = (0..tokens.len())
+            .map(|t| i32::try_from(pos + t).map_err(|_| too_big("position")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ForwardInputs {
+            tokens: i32_tensor(&ids)?,
+            positions: i32_tensor(&positions)?,
+            pos: i32_tensor(&[first])?,
+        })
+    }
+}
+
+impl ForwardGraph {
+    /// The forward for `n_tokens` tokens. T = 1 uses the decode attention
+    /// kernel, T > 1 flash attention.
+    pub fn build(
+        config: &LlamaConfig,
+        weights: &LlamaWeights,
+        caches: &Caches,
+        n_tokens: usize,
+        mode: LogitsMode,
+    ) -> Result<ForwardGraph, ModelError> {
+        if n_tokens == 0 {
+            return Err(ModelError::BadValue {
+                key: "n_tokens".into(),
+                why: "a forward needs at least one token".into(),
+            });
+        }
+        let c = config;
+        let t = n_tokens;
+        let mut g = Graph::new();
+        let tokens = g.input("tokens", TensorDesc::new(DType::I32, [t]));
+        let positions = g.input("positions", TensorDesc::new(DType::I32, [t]));
+        let pos = g.input("pos", TensorDesc::new(DType::I32, [1]));
+        let norm = RmsNorm::new(c.rms_eps);
+        let rope = Rope {
+            mode: c.rope.mode,
+            n_dims: c.rope.n_dims,
+            freq_base: c.rope.freq_base,
+            freq_scale: c.rope.freq_scale,
+        };
+        let attn_cfg = AttnConfig::causal(c.head_dim).window(c.sliding_window);
+        let mm = QMatMul::default();
+
+        let embd = g.resident("token_embd.weight", &weights.token_embd);
+        let mut x = g.op("inp_embd", GetRows, &[embd, tokens])?; // [T, n_embd]
+        for (i, (l, (kc, vc))) in weights
+            .layers
+            .iter()
+            .zip(caches.k.iter().zip(&caches.v))
+            .enumerate()
+        {
+            let name = |what: &str| format!("blk.{i}.{what}");
+            let w = |g: &mut Graph, what: &str, t: &DeviceTensor| g.resident(name(what), t);
+
+            // Attention: x + o(attn(rope(q), rope(k), v)).
+            let wn = w(&mut g, "attn_norm.weight", &l.attn_norm);
+            let h = g.op(name("attn_norm"), norm, &[x, wn])?; // [T, n_embd]
+            let (wq, wk, wv) = (
+                w(&mut g, "attn_q.weight", &l.wq),
+                w(&mut g, "attn_k.weight", &l.wk),
+                w(&mut g, "attn_v.weight", &l.wv),
+            );
+            let mut q = g.op(name("attn_q"), mm, &[h, wq])?; // [T, q_dim]
+            let mut k = g.op(name("attn_k"), mm, &[h, wk])?; // [T, kv_dim]
+            let mut v = g.op(name("attn_v"), mm, &[h, wv])?; // [T, kv_dim]
+            if let Some([bq, bk, bv]) = &l.bias {
+                let (bq, bk, bv) = (
+                    w(&mut g, "attn_q.bias", bq),
+                    w(&mut g, "attn_k.bias", bk),
+                    w(&mut g, "attn_v.bias", bv),
+                );
+                q = g.op(name("attn_q_b"), Add, &[q, bq])?;
+                k = g.op(name("attn_k_b"), Add, &[k, bk])?;
+                v = g.op(name("attn_v_b"), Add, &[v, bv])?;
+            }
+            let q = g.reshape(q, [t, c.n_head, c.head_dim])?;
+            let k = g.reshape(k, [t, c.n_head_kv, c.head_dim])?;
+            let v = g.reshape(v, [t, c.n_head_kv, c.head_dim])?;
+            let q = g.op(name("q_rope"), rope, &[q, positions])?; // [T, n_head, head_dim]
+            let k = g.op(name("k_rope"), rope, &[k, positions])?; // [T, n_head_kv, head_dim]
+            let kc = g.resident(name("cache_k"), kc);
+            let vc = g.resident(name("cache_v"), vc);
+            let append = KvAppend::new(caches.ctx, DType::F32);
+            let kc = g.write_into(name("cache_k_append"), append, &[k, pos], kc)?; // [ctx, n_head_kv, head_dim]
+            let vc = g.write_into(name("cache_v_append"), append, &[v, pos], vc)?;
+            let a = if t == 1 {
+                g.op(name("attn"), Attention::new(attn_cfg), &[q, kc, vc, pos])?
+            } else {
+                g.op(
+                    name("attn"),
+                    FlashAttention::new(attn_cfg),
+                    &[q, kc, vc, pos],
+                )?
+            }; // [T, n_head, head_dim]
+            let a = g.reshape(a, [t, c.q_dim()])?;
+            let wo = w(&mut g, "attn_output.weight", &l.wo);
+            let o = g.op(name("attn_out"), mm, &[a, wo])?; // [T, n_embd]
+            x = g.op(name("ffn_inp"), Add, &[x, o])?;
+
+            // Feed-forward: x + down(silu(gate(h)) * up(h)).
+            let wn = w(&mut g, "ffn_norm.weight", &l.ffn_norm);
+            let h = g.op(name("ffn_norm"), norm, &[x, wn])?;
+            let (wg, wu, wd) = (
+                w(&mut g, "ffn_gate.weight", &l.gate),
+                w(&mut g, "ffn_up.weight", &l.up),
+                w(&mut g, "ffn_down.weight", &l.down),
+            );
+            let gate = g.op(name("ffn_gate"), mm, &[h, wg])?; // [T, n_ff]
+            let up = g.op(name("ffn_up"), mm, &[h, wu])?; // [T, n_ff]
+            let gate = g.op(name("ffn_silu"), Silu, &[gate])?;
+            let gu = g.op(name("ffn_gate_par"), Mul, &[gate, up])?;
+            let down = g.op(name("ffn_out"), mm, &[gu, wd])?; // [T, n_embd]
+            x = g.op(name("l_out"), Add, &[x, down])?;
+        }
+
+        // Only the last row feeds the head when generating: a [1, n_embd]
+        // gather instead of T rows of vocab-wide logits.
+        if mode == LogitsMode::Last && t > 1 {
+            let last = i32::try_from(t - 1).map_err(|_| ModelError::BadValue {
+                key: "n_tokens".into(),
+                why: "does not fit in an i32".into(),
+            })?;
+            let last = g.constant("last_row", i32_tensor(&[last])?);
+            x = g.op("inp_out_ids", GetRows, &[x, last])?; // [1, n_embd]
+        }
+        let wn = g.resident("output_norm.weight", &weights.output_norm);
+        let x = g.op("result_norm", norm, &[x, wn])?;
+        let wout = g.resident(
+            if weights.tied {
+                "output.weight (tied token_embd)"
+            } else {
+                "output.weight"
+            },
+            &weights.output,
+        );
+        let logits = g.op("result_output", mm, &[x, wout])?; // [rows, vocab]
+        g.output(logits);
+        Ok(ForwardGraph {
+            graph: g,
+            tokens,
+            positions,
+            pos,
+            logits,
+            n_tokens: t,
+        })
+    }
+
+    /// The feeds for one run.
+    pub fn feeds<'a>(&self, inputs: &'a ForwardInputs) -> [(TensorId, &'a CpuTensor); 3] {
+        [
+            (self.tokens, &inputs.tokens),
+            (self.positions, &inputs.positions),
+            (self.pos, &inputs.pos),
+        ]
+    }
+}

@@ -1,0 +1,16 @@
+//! The LLaMA family: LLaMA 2/3, SmolLM, TinyLlama, Mistral (sliding
+//! window) and Qwen2 (QKV bias, neox rope), one definition set by
+//! [`LlamaConfig`]. As llama.cpp's `src/models/llama.cpp`: a pre-norm
+//! decoder with RMS norm, rotary positions, grouped-query attention and a
+//! SwiGLU feed-forward.
+
+pub mod config;
+pub mod graph;
+pub mod weights;
+
+pub use config::{Arch, LlamaConfig, RopeConfig};
+pub use graph::{Caches, ForwardGraph, ForwardInputs, LogitsMode};
+pub use weights::{names, LayerWeights, LlamaWeights};
+
+#[cfg(test)]
+mod tests;

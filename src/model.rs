@@ -1,0 +1,286 @@
+//! A loaded model: weights and KV cache resident on one device, tokenizer
+//! and chat template, and the compiled forward plans (one per distinct
+//! token count, compiled on first use and kept).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_engine::{Device, EngineError, Executor, Plan};
+use kiln_loaders::{
+    BuiltinTemplate, ChatError, ChatTemplate, GgufFile, LoadError, Message, Tokenizer,
+    TokenizerError,
+};
+use kiln_models::{
+    Caches, ForwardGraph, ForwardInputs, LlamaConfig, LlamaWeights, LogitsMode, ModelError,
+};
+
+use crate::sampler::SamplerError;
+
+/// Everything that can go wrong loading a model or generating with it.
+/// Large sources are boxed so `Result<_, Error>` stays small on the
+/// decode path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Load(Box<LoadError>),
+    #[error("{path}: {source}")]
+    Model {
+        path: String,
+        source: Box<ModelError>,
+    },
+    #[error(transparent)]
+    Forward(Box<ModelError>),
+    #[error(transparent)]
+    Engine(Box<EngineError>),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] TokenizerError),
+    #[error("chat template: {0}")]
+    Chat(#[from] ChatError),
+    #[error("the model's chat template could not be used: {0}")]
+    NoChatTemplate(String),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error(
+        "{needed} positions needed ({what}) but the context holds {ctx}; raise --ctx or shorten the request"
+    )]
+    ContextOverflow {
+        needed: usize,
+        ctx: usize,
+        what: String,
+    },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+    #[error("no tokens to run")]
+    Empty,
+    #[error("context length {ctx} is invalid: {why}")]
+    BadContext { ctx: usize, why: &'static str },
+    #[error("the forward pass returned {got} logits, expected {expected}")]
+    BadOutput { got: usize, expected: usize },
+}
+
+impl From<LoadError> for Error {
+    fn from(e: LoadError) -> Error {
+        Error::Load(Box::new(e))
+    }
+}
+
+impl From<ModelError> for Error {
+    fn from(e: ModelError) -> Error {
+        Error::Forward(Box::new(e))
+    }
+}
+
+impl From<EngineError> for Error {
+    fn from(e: EngineError) -> Error {
+        Error::Engine(Box::new(e))
+    }
+}
+
+/// Load-time choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ModelOptions {
+    /// Positions the KV cache holds. 0 picks the smaller of the model's
+    /// trained context and [`DEFAULT_CTX`].
+    pub ctx: usize,
+}
+
+/// The context when none is asked for: enough for chat, small enough that
+/// the cache of a large model still fits a laptop GPU.
+pub const DEFAULT_CTX: usize = 4096;
+
+/// What the generator needs from a model; [`Model`] is the real one, tests
+/// may bring their own.
+pub trait LanguageModel {
+    fn vocab_size(&self) -> usize;
+    /// Positions the KV cache holds.
+    fn context_length(&self) -> usize;
+    /// Runs `tokens` at positions `pos..`, appending them to the cache, and
+    /// returns the last position's logits (`vocab_size` values).
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error>;
+}
+
+pub struct Model {
+    path: PathBuf,
+    config: LlamaConfig,
+    weights: LlamaWeights,
+    caches: Caches,
+    executor: Box<dyn Executor>,
+    plans: HashMap<(usize, LogitsMode), Compiled>,
+    tokenizer: Arc<Tokenizer>,
+    chat: Result<ChatTemplate, String>,
+}
+
+struct Compiled {
+    graph: ForwardGraph,
+    plan: Box<dyn Plan>,
+}
+
+impl Model {
+    /// Opens a GGUF file, checks and uploads its weights to `device`, and
+    /// allocates the KV cache.
+    pub fn load(
+        path: impl AsRef<Path>,
+        device: &Device,
+        options: ModelOptions,
+    ) -> Result<Model, Error> {
+        let path = path.as_ref();
+        let in_file = |source| Error::Model {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        };
+        let file = GgufFile::open(path)?;
+        let config = LlamaConfig::from_metadata(file.metadata()).map_err(in_file)?;
+        let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+        let ctx = match options.ctx {
+            0 => config.n_ctx_train.clamp(1, DEFAULT_CTX),
+            n => n,
+        };
+        if i32::try_from(ctx).is_err() {
+            return Err(Error::BadContext {
+                ctx,
+                why: "positions are i32 on the device",
+            });
+        }
+        let weights = LlamaWeights::load(&file.weights(), &config, device).map_err(in_file)?;
+        let caches = Caches::new(&config, ctx, device).map_err(in_file)?;
+        let chat = ChatTemplate::for_tokenizer(&tokenizer, BuiltinTemplate::ChatMl)
+            .map_err(|e| e.to_string());
+        Ok(Model {
+            path: path.to_path_buf(),
+            config,
+            weights,
+            caches,
+            executor: device.executor(),
+            plans: HashMap::new(),
+            tokenizer: Arc::new(tokenizer),
+            chat,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Where the forward runs, e.g. `cpu (rayon, 2 threads)`.
+    pub fn device_name(&self) -> String {
+        self.executor.device_name()
+    }
+
+    /// Renders chat messages with the model's template (ChatML when it has
+    /// none), ending with the assistant's turn when `add_generation_prompt`.
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, Error> {
+        let template = self
+            .chat
+            .as_ref()
+            .map_err(|e| Error::NoChatTemplate(e.clone()))?;
+        Ok(template.render(messages, add_generation_prompt)?)
+    }
+
+    /// Last-position logits after running `tokens` at positions `pos..`.
+    /// The cache keeps their keys and values, so the next call continues
+    /// from `pos + tokens.len()`.
+    pub fn logits(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
+        self.run(tokens, pos, LogitsMode::Last)
+    }
+
+    /// Logits for every position, `tokens.len() * vocab_size` values, row
+    /// by row (perplexity).
+    pub fn logits_all(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
+        self.run(tokens, pos, LogitsMode::All)
+    }
+
+    fn run(&mut self, tokens: &[u32], pos: usize, mode: LogitsMode) -> Result<Vec<f32>, Error> {
+        self.check(tokens, pos)?;
+        let key = (tokens.len(), mode);
+        if !self.plans.contains_key(&key) {
+            let graph = ForwardGraph::build(
+                &self.config,
+                &self.weights,
+                &self.caches,
+                tokens.len(),
+                mode,
+            )?;
+            let plan = self.executor.compile(&graph.graph)?;
+            self.plans.insert(key, Compiled { graph, plan });
+        }
+        let compiled = self.plans.get_mut(&key).ok_or(Error::Empty)?;
+        let inputs = ForwardInputs::new(tokens, pos)?;
+        let mut out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
+        let rows = if mode == LogitsMode::Last {
+            1
+        } else {
+            tokens.len()
+        };
+        let expected = rows * self.vocab_size();
+        let logits = out
+            .pop()
+            .map(|t| t.to_f32().map(|v| v.into_owned()))
+            .transpose()
+            .map_err(EngineError::from)?;
+        match logits {
+            Some(v) if v.len() == expected => Ok(v),
+            other => Err(Error::BadOutput {
+                got: other.map_or(0, |v| v.len()),
+                expected,
+            }),
+        }
+    }
+
+    /// Ids in the vocabulary and positions within the cache.
+    fn check(&self, tokens: &[u32], pos: usize) -> Result<(), Error> {
+        if tokens.is_empty() {
+            return Err(Error::Empty);
+        }
+        let vocab = self.vocab_size();
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::BadToken { id, vocab });
+        }
+        let needed = pos.saturating_add(tokens.len());
+        if needed > self.caches.ctx {
+            return Err(Error::ContextOverflow {
+                needed,
+                ctx: self.caches.ctx,
+                what: format!("{} tokens at position {pos}", tokens.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl LanguageModel for Model {
+    fn vocab_size(&self) -> usize {
+        self.weights.vocab_size()
+    }
+
+    fn context_length(&self) -> usize {
+        self.caches.ctx
+    }
+
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
+        self.logits(tokens, pos)
+    }
+}
+
+impl Model {
+    pub fn vocab_size(&self) -> usize {
+        self.weights.vocab_size()
+    }
+
+    /// Positions the KV cache holds.
+    pub fn context_length(&self) -> usize {
+        self.caches.ctx
+    }
+}
