@@ -127,6 +127,14 @@ pub trait Op: fmt::Debug + Send + Sync {
     /// The GPU kernel for these inputs on a device with `caps`.
     fn gpu(&self, inputs: &[TensorDesc], out: &TensorDesc, caps: &Caps)
         -> Result<GpuKernel, OpError>;
+
+    /// True when every index the kernel computes is proven in range by its
+    /// op tests (ragged shapes included), so the engine may compile it
+    /// without the bounds checks naga inserts on every array access. Only
+    /// hot kernels whose tests cover their edges should say yes.
+    fn trusted(&self) -> bool {
+        false
+    }
 }
 
 /// Pads params to a multiple of 16 bytes, as uniform buffers want.

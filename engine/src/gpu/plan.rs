@@ -135,7 +135,7 @@ impl GpuPlan {
                     let offset = (params_bytes.len() as u64).next_multiple_of(align);
                     params_bytes.resize(offset as usize, 0);
                     params_bytes.extend_from_slice(&kernel.params);
-                    kernels.push((i, kernel, offset));
+                    kernels.push((i, kernel, offset, op.trusted()));
                 }
             }
             for j in liveness.released_after(graph, i) {
@@ -155,9 +155,9 @@ impl GpuPlan {
         write_padded(&ctx.queue, &params, &params_bytes);
 
         let mut steps = Vec::with_capacity(kernels.len());
-        for (i, kernel, offset) in kernels {
+        for (i, kernel, offset, trusted) in kernels {
             let node = &graph.nodes()[i];
-            let pipeline = ctx.pipeline(&node.name, &kernel)?;
+            let pipeline = ctx.pipeline(&node.name, &kernel, trusted)?;
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
