@@ -55,7 +55,10 @@ impl Default for SamplerConfig {
 impl SamplerConfig {
     /// Argmax, no penalties.
     pub fn greedy() -> SamplerConfig {
-        SamplerConfig { temperature: 0.0, ..SamplerConfig::default() }
+        SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        }
     }
 
     /// Checks ranges so an absurd request is an error, not a NaN.
@@ -112,7 +115,11 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        Ok(Sampler { config, rng, recent: VecDeque::new() })
+        Ok(Sampler {
+            config,
+            rng,
+            recent: VecDeque::new(),
+        })
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -161,9 +168,15 @@ impl Sampler {
             *counts.entry(id).or_default() += 1;
         }
         for (&id, &count) in &counts {
-            let Some(s) = scores.get_mut(id as usize) else { continue };
+            let Some(s) = scores.get_mut(id as usize) else {
+                continue;
+            };
             // llama.cpp: divide positive logits, multiply negative ones.
-            *s = if *s > 0.0 { *s / c.repeat_penalty } else { *s * c.repeat_penalty };
+            *s = if *s > 0.0 {
+                *s / c.repeat_penalty
+            } else {
+                *s * c.repeat_penalty
+            };
             *s -= count as f32 * c.frequency_penalty + c.presence_penalty;
         }
     }
@@ -230,7 +243,10 @@ pub fn argmax(values: &[f32]) -> u32 {
 fn softmax(cand: &[(u32, f32)], t: f32) -> Vec<f64> {
     let max = cand.first().map_or(0.0, |c| f64::from(c.1));
     let t = f64::from(t);
-    let exps: Vec<f64> = cand.iter().map(|&(_, s)| ((f64::from(s) - max) / t).exp()).collect();
+    let exps: Vec<f64> = cand
+        .iter()
+        .map(|&(_, s)| ((f64::from(s) - max) / t).exp())
+        .collect();
     let sum: f64 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }
@@ -247,7 +263,10 @@ mod tests {
     use super::*;
 
     fn cfg(f: impl FnOnce(&mut SamplerConfig)) -> SamplerConfig {
-        let mut c = SamplerConfig { seed: Some(7), ..SamplerConfig::default() };
+        let mut c = SamplerConfig {
+            seed: Some(7),
+            ..SamplerConfig::default()
+        };
         f(&mut c);
         c
     }
@@ -266,7 +285,9 @@ mod tests {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let run = |seed| {
             let mut s = Sampler::new(cfg(|c| c.seed = Some(seed))).unwrap();
-            (0..20).map(|_| s.sample(&logits).unwrap().id).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&logits).unwrap().id)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
@@ -302,11 +323,19 @@ mod tests {
 
     #[test]
     fn repeat_penalty_steers_away_from_recent_tokens() {
-        let mut s = Sampler::new(SamplerConfig { repeat_penalty: 4.0, ..SamplerConfig::greedy() }).unwrap();
+        let mut s = Sampler::new(SamplerConfig {
+            repeat_penalty: 4.0,
+            ..SamplerConfig::greedy()
+        })
+        .unwrap();
         s.accept(&[0]);
         // 2.0 / 4 = 0.5 < 1.0: token 1 wins now.
         assert_eq!(s.sample(&[2.0, 1.0]).unwrap().id, 1);
-        let mut s = Sampler::new(SamplerConfig { presence_penalty: 5.0, ..SamplerConfig::greedy() }).unwrap();
+        let mut s = Sampler::new(SamplerConfig {
+            presence_penalty: 5.0,
+            ..SamplerConfig::greedy()
+        })
+        .unwrap();
         s.accept(&[0]);
         assert_eq!(s.sample(&[2.0, 1.0]).unwrap().id, 1);
     }

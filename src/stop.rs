@@ -20,22 +20,41 @@ pub struct StopOutput {
 
 impl StopMatcher {
     pub fn new(stops: impl IntoIterator<Item = impl Into<String>>) -> StopMatcher {
-        let stops = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
-        StopMatcher { stops, held: String::new() }
+        let stops = stops
+            .into_iter()
+            .map(Into::into)
+            .filter(|s: &String| !s.is_empty())
+            .collect();
+        StopMatcher {
+            stops,
+            held: String::new(),
+        }
     }
 
     pub fn push(&mut self, piece: &str) -> StopOutput {
         self.held.push_str(piece);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let text = self.held[..at].to_string();
             self.held.clear();
-            return StopOutput { text, stopped: true };
+            return StopOutput {
+                text,
+                stopped: true,
+            };
         }
         // Hold back the longest tail that could still grow into a stop string.
         let keep = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
             .filter(|prefix| self.held.ends_with(prefix))
             .map(str::len)
             .max()
@@ -43,7 +62,10 @@ impl StopMatcher {
         let cut = self.held.len() - keep;
         let text = self.held[..cut].to_string();
         self.held.drain(..cut);
-        StopOutput { text, stopped: false }
+        StopOutput {
+            text,
+            stopped: false,
+        }
     }
 
     /// Whatever is held back, at the end of generation.
@@ -59,11 +81,41 @@ mod tests {
     #[test]
     fn holds_back_partial_matches_and_stops_on_full_ones() {
         let mut m = StopMatcher::new(["</s>", "\n\nUser:"]);
-        assert_eq!(m.push("Hello <"), StopOutput { text: "Hello ".into(), stopped: false });
-        assert_eq!(m.push("/"), StopOutput { text: "".into(), stopped: false });
-        assert_eq!(m.push("x"), StopOutput { text: "</x".into(), stopped: false });
-        assert_eq!(m.push(" ok\n\nUs"), StopOutput { text: " ok".into(), stopped: false });
-        assert_eq!(m.push("er: hi"), StopOutput { text: "".into(), stopped: true });
+        assert_eq!(
+            m.push("Hello <"),
+            StopOutput {
+                text: "Hello ".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push("/"),
+            StopOutput {
+                text: "".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push("x"),
+            StopOutput {
+                text: "</x".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push(" ok\n\nUs"),
+            StopOutput {
+                text: " ok".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.push("er: hi"),
+            StopOutput {
+                text: "".into(),
+                stopped: true
+            }
+        );
     }
 
     #[test]

@@ -27,7 +27,10 @@ impl Executor for CpuExecutor {
 
     fn compile(&self, graph: &Graph) -> Result<Box<dyn Plan>, EngineError> {
         let liveness = graph.liveness()?;
-        Ok(Box::new(CpuPlan { graph: graph.clone(), liveness }))
+        Ok(Box::new(CpuPlan {
+            graph: graph.clone(),
+            liveness,
+        }))
     }
 }
 
@@ -39,7 +42,11 @@ struct CpuPlan {
 impl CpuPlan {
     /// Evaluates the graph. With `keep_all`, every node's value is kept and
     /// returned (the debug mode compares them with the GPU's).
-    fn evaluate(&self, feeds: &[Feed<'_>], keep_all: bool) -> Result<Vec<Option<Arc<CpuTensor>>>, EngineError> {
+    fn evaluate(
+        &self,
+        feeds: &[Feed<'_>],
+        keep_all: bool,
+    ) -> Result<Vec<Option<Arc<CpuTensor>>>, EngineError> {
         evaluate(&self.graph, &self.liveness, feeds, keep_all)
     }
 }
@@ -58,20 +65,28 @@ pub(crate) fn evaluate(
         }
         let value = match &node.kind {
             NodeKind::Input => {
-                let t = fed[i].ok_or_else(|| EngineError::MissingFeed { node: node.name.clone() })?;
+                let t = fed[i].ok_or_else(|| EngineError::MissingFeed {
+                    node: node.name.clone(),
+                })?;
                 Arc::new(t.clone())
             }
             NodeKind::Constant(t) => t.clone(),
             NodeKind::Resident(t) => Arc::new(t.download()?),
             NodeKind::Reshape => {
-                let src = values[node.inputs[0].index()].as_deref().ok_or(EngineError::UnknownTensor(i))?;
+                let src = values[node.inputs[0].index()]
+                    .as_deref()
+                    .ok_or(EngineError::UnknownTensor(i))?;
                 Arc::new(src.clone().reshape(node.desc.shape.clone())?)
             }
             NodeKind::Op(op) => {
                 let inputs: Vec<&CpuTensor> = node
                     .inputs
                     .iter()
-                    .map(|t| values[t.index()].as_deref().ok_or(EngineError::UnknownTensor(t.index())))
+                    .map(|t| {
+                        values[t.index()]
+                            .as_deref()
+                            .ok_or(EngineError::UnknownTensor(t.index()))
+                    })
                     .collect::<Result<_, _>>()?;
                 // An in-place write starts from the target's current value.
                 let mut out = match node.target.map(|t| values[t.index()].as_deref()) {
@@ -80,7 +95,10 @@ pub(crate) fn evaluate(
                     None => CpuTensor::zeros(&node.desc)?,
                 };
                 op.cpu(&inputs, &mut out)
-                    .map_err(|source| EngineError::Op { node: node.name.clone(), source })?;
+                    .map_err(|source| EngineError::Op {
+                        node: node.name.clone(),
+                        source,
+                    })?;
                 if let Some(t) = node.target {
                     store_resident(graph, t.index(), &out)?;
                 }
@@ -103,15 +121,23 @@ fn store_resident(graph: &Graph, target: usize, value: &CpuTensor) -> Result<(),
     match &node.kind {
         NodeKind::Resident(t) => match t.storage() {
             Storage::Cpu(cell) => {
-                *cell.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value.clone();
+                *cell
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = value.clone();
                 Ok(())
             }
             Storage::Gpu { .. } => Err(EngineError::Device {
                 device: "cpu".into(),
-                message: format!("the CPU executor cannot write into `{}`, which lives on a GPU", node.name),
+                message: format!(
+                    "the CPU executor cannot write into `{}`, which lives on a GPU",
+                    node.name
+                ),
             }),
         },
-        _ => Err(EngineError::NotResident { node: node.name.clone(), target: node.name.clone() }),
+        _ => Err(EngineError::NotResident {
+            node: node.name.clone(),
+            target: node.name.clone(),
+        }),
     }
 }
 
@@ -122,7 +148,9 @@ impl Plan for CpuPlan {
             .outputs()
             .iter()
             .map(|o| {
-                let v = values[o.index()].take().ok_or(EngineError::UnknownTensor(o.index()))?;
+                let v = values[o.index()]
+                    .take()
+                    .ok_or(EngineError::UnknownTensor(o.index()))?;
                 Ok(Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()))
             })
             .collect()
@@ -135,6 +163,9 @@ impl Plan for CpuPlan {
             self.evaluate(feeds, false)?;
         }
         let wall_s = start.elapsed().as_secs_f64() / f64::from(iters);
-        Ok(Timing { device_s: None, wall_s })
+        Ok(Timing {
+            device_s: None,
+            wall_s,
+        })
     }
 }

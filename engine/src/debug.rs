@@ -32,12 +32,18 @@ impl std::fmt::Display for Mismatch {
 }
 
 /// Worst element of `got` against `want` under `tol`, if any is out of it.
-pub fn first_violation(got: &[f32], want: &[f32], tol: Tolerance) -> Option<(usize, f32, f32, f32)> {
+pub fn first_violation(
+    got: &[f32],
+    want: &[f32],
+    tol: Tolerance,
+) -> Option<(usize, f32, f32, f32)> {
     let mut worst: Option<(usize, f32, f32, f32)> = None;
     let mut max_diff = 0.0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let diff = (g - w).abs();
-        let bad = !(diff <= tol.abs + tol.rel * w.abs()) && !(g.is_nan() && w.is_nan());
+        // NaN differences are failures unless both sides are NaN.
+        let within = diff <= tol.abs + tol.rel * w.abs();
+        let bad = !(within || (g.is_nan() && w.is_nan()));
         max_diff = max_diff.max(if diff.is_nan() { f32::INFINITY } else { diff });
         if bad && worst.is_none_or(|(_, _, _, d)| diff > d || diff.is_nan()) {
             worst = Some((i, g, w, diff));
@@ -63,7 +69,9 @@ pub fn compare_with_cpu(
     let mut found = None;
     plan.run_step_by_step(feeds, |i, value| {
         let node = &graph.nodes()[i];
-        let Some(want) = reference[i].as_deref() else { return Ok(true) };
+        let Some(want) = reference[i].as_deref() else {
+            return Ok(true);
+        };
         let got = value.to_f32()?;
         let want = want.to_f32()?;
         if let Some((index, g, c, max_abs_diff)) = first_violation(&got, &want, tol) {
@@ -71,7 +79,14 @@ pub fn compare_with_cpu(
                 crate::graph::NodeKind::Op(op) => op.name().to_string(),
                 _ => "input".into(),
             };
-            found = Some(Mismatch { node: node.name.clone(), op, index, gpu: g, cpu: c, max_abs_diff });
+            found = Some(Mismatch {
+                node: node.name.clone(),
+                op,
+                index,
+                gpu: g,
+                cpu: c,
+                max_abs_diff,
+            });
             return Ok(false);
         }
         Ok(true)

@@ -48,7 +48,10 @@ impl Device {
             adapters.get(index).cloned()
         } else {
             let needle = spec.to_lowercase();
-            adapters.iter().find(|a| a.get_info().name.to_lowercase().contains(&needle)).cloned()
+            adapters
+                .iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                .cloned()
         };
         let adapter = chosen.ok_or_else(|| EngineError::NoAdapter {
             spec: spec.to_string(),
@@ -115,7 +118,11 @@ fn describe_all(adapters: &[wgpu::Adapter]) -> String {
 pub fn caps_of(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu::Limits) -> Caps {
     let info = adapter.get_info();
     let coop_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
-        adapter.cooperative_matrix_properties().iter().map(coop_shape).collect()
+        adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .map(coop_shape)
+            .collect()
     } else {
         Vec::new()
     };
@@ -125,7 +132,11 @@ pub fn caps_of(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu:
         subgroup_min_size: info.subgroup_min_size,
         subgroup_max_size: info.subgroup_max_size,
         coop_matrix,
-        max_immediate_size: if features.contains(wgpu::Features::IMMEDIATES) { limits.max_immediate_size } else { 0 },
+        max_immediate_size: if features.contains(wgpu::Features::IMMEDIATES) {
+            limits.max_immediate_size
+        } else {
+            0
+        },
         max_workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
         max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
         max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
@@ -144,7 +155,13 @@ fn coop_scalar(t: wgpu::CooperativeScalarType) -> CoopScalar {
 }
 
 fn coop_shape(p: &wgpu::CooperativeMatrixProperties) -> CoopShape {
-    CoopShape { m: p.m_size, n: p.n_size, k: p.k_size, ab: coop_scalar(p.ab_type), cr: coop_scalar(p.cr_type) }
+    CoopShape {
+        m: p.m_size,
+        n: p.n_size,
+        k: p.k_size,
+        ab: coop_scalar(p.ab_type),
+        cr: coop_scalar(p.cr_type),
+    }
 }
 
 /// Everything `kiln devices` prints about one adapter.

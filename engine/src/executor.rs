@@ -54,7 +54,10 @@ pub(crate) fn match_feeds<'a>(
 ) -> Result<Vec<Option<&'a CpuTensor>>, EngineError> {
     let mut by_node: Vec<Option<&CpuTensor>> = vec![None; graph.nodes().len()];
     for &(id, tensor) in feeds {
-        let node = graph.nodes().get(id.index()).ok_or(EngineError::UnknownTensor(id.index()))?;
+        let node = graph
+            .nodes()
+            .get(id.index())
+            .ok_or(EngineError::UnknownTensor(id.index()))?;
         if !matches!(node.kind, crate::graph::NodeKind::Input) {
             return Err(EngineError::NotAnInput(id.index()));
         }

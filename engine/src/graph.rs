@@ -66,7 +66,11 @@ impl Graph {
         self.push(name.into(), NodeKind::Input, Vec::new(), desc)
     }
 
-    pub fn constant(&mut self, name: impl Into<String>, tensor: impl Into<Arc<CpuTensor>>) -> TensorId {
+    pub fn constant(
+        &mut self,
+        name: impl Into<String>,
+        tensor: impl Into<Arc<CpuTensor>>,
+    ) -> TensorId {
         let tensor = tensor.into();
         let desc = tensor.desc().clone();
         self.push(name.into(), NodeKind::Constant(tensor), Vec::new(), desc)
@@ -75,16 +79,32 @@ impl Graph {
     /// A tensor already uploaded with [`crate::Device::upload`]: plans bind
     /// its storage instead of copying it.
     pub fn resident(&mut self, name: impl Into<String>, tensor: &DeviceTensor) -> TensorId {
-        self.push(name.into(), NodeKind::Resident(tensor.clone()), Vec::new(), tensor.desc().clone())
+        self.push(
+            name.into(),
+            NodeKind::Resident(tensor.clone()),
+            Vec::new(),
+            tensor.desc().clone(),
+        )
     }
 
     /// `t` with a new shape of the same element count, sharing its storage.
-    pub fn reshape(&mut self, t: TensorId, shape: impl Into<Vec<usize>>) -> Result<TensorId, EngineError> {
+    pub fn reshape(
+        &mut self,
+        t: TensorId,
+        shape: impl Into<Vec<usize>>,
+    ) -> Result<TensorId, EngineError> {
         let from = self.try_desc(t)?.clone();
         let to = TensorDesc::new(from.dtype, shape);
-        let rows_whole = to.shape.last().is_none_or(|&c| c.is_multiple_of(from.dtype.block_size()));
+        let rows_whole = to
+            .shape
+            .last()
+            .is_none_or(|&c| c.is_multiple_of(from.dtype.block_size()));
         if to.numel() != from.numel() || !rows_whole {
-            return Err(EngineError::Reshape { node: self.nodes[t.0].name.clone(), from, to });
+            return Err(EngineError::Reshape {
+                node: self.nodes[t.0].name.clone(),
+                from,
+                to,
+            });
         }
         let name = format!("{}.reshape", self.nodes[t.0].name);
         Ok(self.push(name, NodeKind::Reshape, vec![t], to))
@@ -112,9 +132,10 @@ impl Graph {
             .iter()
             .map(|&t| self.try_desc(t).cloned())
             .collect::<Result<Vec<_>, _>>()?;
-        let desc = op
-            .output(&descs)
-            .map_err(|source| EngineError::Op { node: name.clone(), source })?;
+        let desc = op.output(&descs).map_err(|source| EngineError::Op {
+            node: name.clone(),
+            source,
+        })?;
         Ok(self.push(name, NodeKind::Op(op), inputs.to_vec(), desc))
     }
 
@@ -130,14 +151,24 @@ impl Graph {
         target: TensorId,
     ) -> Result<TensorId, EngineError> {
         let name = name.into();
-        let node = self.nodes.get(target.0).ok_or(EngineError::UnknownTensor(target.0))?;
+        let node = self
+            .nodes
+            .get(target.0)
+            .ok_or(EngineError::UnknownTensor(target.0))?;
         if !matches!(node.kind, NodeKind::Resident(_)) {
-            return Err(EngineError::NotResident { node: name, target: node.name.clone() });
+            return Err(EngineError::NotResident {
+                node: name,
+                target: node.name.clone(),
+            });
         }
         let target_desc = node.desc.clone();
         let id = self.op(name.clone(), op, inputs)?;
         if self.nodes[id.0].desc != target_desc {
-            return Err(EngineError::FeedMismatch { node: name, expected: target_desc, got: self.nodes[id.0].desc.clone() });
+            return Err(EngineError::FeedMismatch {
+                node: name,
+                expected: target_desc,
+                got: self.nodes[id.0].desc.clone(),
+            });
         }
         self.nodes[id.0].target = Some(target);
         Ok(id)
@@ -154,7 +185,10 @@ impl Graph {
     }
 
     pub fn try_desc(&self, t: TensorId) -> Result<&TensorDesc, EngineError> {
-        self.nodes.get(t.0).map(|n| &n.desc).ok_or(EngineError::UnknownTensor(t.0))
+        self.nodes
+            .get(t.0)
+            .map(|n| &n.desc)
+            .ok_or(EngineError::UnknownTensor(t.0))
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -174,8 +208,20 @@ impl Graph {
         (0..self.nodes.len()).map(TensorId)
     }
 
-    fn push(&mut self, name: String, kind: NodeKind, inputs: Vec<TensorId>, desc: TensorDesc) -> TensorId {
-        self.nodes.push(Node { name, kind, inputs, desc, target: None });
+    fn push(
+        &mut self,
+        name: String,
+        kind: NodeKind,
+        inputs: Vec<TensorId>,
+        desc: TensorDesc,
+    ) -> TensorId {
+        self.nodes.push(Node {
+            name,
+            kind,
+            inputs,
+            desc,
+            target: None,
+        });
         TensorId(self.nodes.len() - 1)
     }
 
@@ -231,7 +277,13 @@ impl Graph {
             last_use[root[o.0]] = None;
             node_last_use[o.0] = None;
         }
-        Ok(Liveness { live, root, last_use, node_last_use, is_output })
+        Ok(Liveness {
+            live,
+            root,
+            last_use,
+            node_last_use,
+            is_output,
+        })
     }
 }
 
@@ -250,7 +302,11 @@ pub(crate) struct Liveness {
 
 impl Liveness {
     /// Roots whose storage may be released once node `i` has run.
-    pub fn released_after<'g>(&'g self, graph: &'g Graph, i: usize) -> impl Iterator<Item = usize> + 'g {
+    pub fn released_after<'g>(
+        &'g self,
+        graph: &'g Graph,
+        i: usize,
+    ) -> impl Iterator<Item = usize> + 'g {
         let mut seen = Vec::new();
         graph.nodes[i].inputs.iter().filter_map(move |t| {
             let r = self.root[t.0];
@@ -264,7 +320,15 @@ impl Liveness {
     }
 
     /// Nodes whose values the CPU executor may drop once node `i` has run.
-    pub fn values_released_after<'g>(&'g self, graph: &'g Graph, i: usize) -> impl Iterator<Item = usize> + 'g {
-        graph.nodes[i].inputs.iter().map(|t| t.0).filter(move |&j| self.node_last_use[j] == Some(i))
+    pub fn values_released_after<'g>(
+        &'g self,
+        graph: &'g Graph,
+        i: usize,
+    ) -> impl Iterator<Item = usize> + 'g {
+        graph.nodes[i]
+            .inputs
+            .iter()
+            .map(|t| t.0)
+            .filter(move |&j| self.node_last_use[j] == Some(i))
     }
 }

@@ -18,5 +18,5 @@ pub use error::EngineError;
 pub use executor::{Executor, Feed, Plan, Timing};
 pub use gpu::{GpuContext, GpuExecutor};
 pub use graph::{Graph, NodeKind, TensorId};
-pub use tensor::DeviceTensor;
 pub use kiln_kernels::{Caps, CpuTensor, DType, TensorDesc};
+pub use tensor::DeviceTensor;

@@ -21,7 +21,11 @@ pub struct DeviceTensor {
 pub(crate) enum Storage {
     /// Host residents are written in place by the CPU executor.
     Cpu(Arc<RwLock<CpuTensor>>),
-    Gpu { ctx: Arc<GpuContext>, buffer: Arc<wgpu::Buffer>, bytes: u64 },
+    Gpu {
+        ctx: Arc<GpuContext>,
+        buffer: Arc<wgpu::Buffer>,
+        bytes: u64,
+    },
 }
 
 impl std::fmt::Debug for DeviceTensor {
@@ -83,7 +87,11 @@ impl Device {
                 }
                 let buffer = ctx.create_buffer("resident", mappable(size), crate::gpu::STORAGE)?;
                 crate::gpu::write_padded(&ctx.queue, &buffer, &bytes);
-                Storage::Gpu { ctx: ctx.clone(), buffer: Arc::new(buffer), bytes: size }
+                Storage::Gpu {
+                    ctx: ctx.clone(),
+                    buffer: Arc::new(buffer),
+                    bytes: size,
+                }
             }
         };
         Ok(DeviceTensor { desc, storage })

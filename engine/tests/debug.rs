@@ -43,7 +43,12 @@ impl Op for Scale {
         }
         Ok(())
     }
-    fn gpu(&self, inputs: &[TensorDesc], _out: &TensorDesc, caps: &Caps) -> Result<GpuKernel, OpError> {
+    fn gpu(
+        &self,
+        inputs: &[TensorDesc],
+        _out: &TensorDesc,
+        caps: &Caps,
+    ) -> Result<GpuKernel, OpError> {
         let n = inputs[0].numel().unwrap_or(0) as u32;
         Ok(GpuKernel {
             key: "test_scale".into(),
@@ -57,12 +62,41 @@ impl Op for Scale {
 
 #[test]
 fn debug_mode_names_the_first_node_that_differs() {
-    let Some(Device::Gpu(ctx)) = gpu_or_skip("debug mode") else { return };
+    let Some(Device::Gpu(ctx)) = gpu_or_skip("debug mode") else {
+        return;
+    };
     let mut g = Graph::new();
     let x = g.input("x", TensorDesc::f32([100]));
-    let a = g.op("blk.0.good", Scale { factor: 2.0, gpu_factor: 2.0 }, &[x]).expect("shape");
-    let b = g.op("blk.0.bad", Scale { factor: 3.0, gpu_factor: 4.0 }, &[a]).expect("shape");
-    let c = g.op("blk.0.after", Scale { factor: 1.0, gpu_factor: 1.0 }, &[b]).expect("shape");
+    let a = g
+        .op(
+            "blk.0.good",
+            Scale {
+                factor: 2.0,
+                gpu_factor: 2.0,
+            },
+            &[x],
+        )
+        .expect("shape");
+    let b = g
+        .op(
+            "blk.0.bad",
+            Scale {
+                factor: 3.0,
+                gpu_factor: 4.0,
+            },
+            &[a],
+        )
+        .expect("shape");
+    let c = g
+        .op(
+            "blk.0.after",
+            Scale {
+                factor: 1.0,
+                gpu_factor: 1.0,
+            },
+            &[b],
+        )
+        .expect("shape");
     g.output(c);
     let input = CpuTensor::from_f32([100], (0..100).map(|i| i as f32).collect()).expect("valid");
     let gpu = GpuExecutor::new(ctx);
@@ -76,9 +110,21 @@ fn debug_mode_names_the_first_node_that_differs() {
     // A graph that agrees everywhere reports nothing.
     let mut g = Graph::new();
     let x = g.input("x", TensorDesc::f32([100]));
-    let y = g.op("ok", Scale { factor: 2.0, gpu_factor: 2.0 }, &[x]).expect("shape");
+    let y = g
+        .op(
+            "ok",
+            Scale {
+                factor: 2.0,
+                gpu_factor: 2.0,
+            },
+            &[x],
+        )
+        .expect("shape");
     g.output(y);
-    assert_eq!(compare_with_cpu(&gpu, &g, &[(x, &input)], Tolerance::new(1e-5, 1e-5)).expect("runs"), None);
+    assert_eq!(
+        compare_with_cpu(&gpu, &g, &[(x, &input)], Tolerance::new(1e-5, 1e-5)).expect("runs"),
+        None
+    );
 }
 
 #[test]
@@ -89,21 +135,48 @@ fn plans_reuse_intermediate_buffers_and_agree_with_cpu() {
     let x = g.input("x", TensorDesc::f32([1000]));
     let mut t = x;
     for i in 0..10 {
-        t = g.op(format!("s{i}"), Scale { factor: 1.5, gpu_factor: 1.5 }, &[t]).expect("shape");
+        t = g
+            .op(
+                format!("s{i}"),
+                Scale {
+                    factor: 1.5,
+                    gpu_factor: 1.5,
+                },
+                &[t],
+            )
+            .expect("shape");
     }
     g.output(t);
-    let input = CpuTensor::from_f32([1000], (0..1000).map(|i| (i as f32).sin()).collect()).expect("valid");
-    let want = Device::Cpu.executor().compile(&g).expect("compiles").run(&[(x, &input)]).expect("runs");
-    let Some(Device::Gpu(ctx)) = gpu_or_skip("buffer reuse") else { return };
+    let input =
+        CpuTensor::from_f32([1000], (0..1000).map(|i| (i as f32).sin()).collect()).expect("valid");
+    let want = Device::Cpu
+        .executor()
+        .compile(&g)
+        .expect("compiles")
+        .run(&[(x, &input)])
+        .expect("runs");
+    let Some(Device::Gpu(ctx)) = gpu_or_skip("buffer reuse") else {
+        return;
+    };
     let gpu = GpuExecutor::new(ctx);
     let mut plan = gpu.compile_plan(&g, true).expect("compiles");
     assert_eq!(plan.dispatch_count(), 10);
-    assert!(plan.buffer_count() <= 4, "10 chained ops took {} buffers", plan.buffer_count());
+    assert!(
+        plan.buffer_count() <= 4,
+        "10 chained ops took {} buffers",
+        plan.buffer_count()
+    );
     use kiln_engine::Plan;
     for _ in 0..3 {
         let got = plan.run(&[(x, &input)]).expect("runs");
-        let (g, w) = (got[0].as_f32().expect("f32"), want[0].as_f32().expect("f32"));
-        assert!(g.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0)));
+        let (g, w) = (
+            got[0].as_f32().expect("f32"),
+            want[0].as_f32().expect("f32"),
+        );
+        assert!(g
+            .iter()
+            .zip(w)
+            .all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0)));
     }
     let timing = plan.time(&[(x, &input)], 5).expect("times");
     assert!(timing.wall_s > 0.0);

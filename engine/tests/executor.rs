@@ -12,11 +12,22 @@ fn bad_feeds_are_typed_errors() {
     for device in kiln_engine::testing::devices("bad feeds") {
         let mut plan = device.executor().compile(&g).expect("compiles");
         let wrong = CpuTensor::from_f32([3, 2], vec![0.0; 6]).expect("valid");
-        assert!(matches!(plan.run(&[(x, &wrong)]), Err(EngineError::FeedMismatch { .. })));
-        assert!(matches!(plan.run(&[]), Err(EngineError::MissingFeed { .. })));
+        assert!(matches!(
+            plan.run(&[(x, &wrong)]),
+            Err(EngineError::FeedMismatch { .. })
+        ));
+        assert!(matches!(
+            plan.run(&[]),
+            Err(EngineError::MissingFeed { .. })
+        ));
         let right = CpuTensor::from_f32([2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("valid");
         let out = plan.run(&[(x, &right)]).expect("runs");
-        assert_eq!(out[0], right, "an input marked as output comes back unchanged on {}", device.name());
+        assert_eq!(
+            out[0],
+            right,
+            "an input marked as output comes back unchanged on {}",
+            device.name()
+        );
     }
 }
 
@@ -24,14 +35,20 @@ fn bad_feeds_are_typed_errors() {
 fn a_graph_without_outputs_is_an_error() {
     let mut g = Graph::new();
     g.input("x", TensorDesc::f32([1]));
-    assert!(matches!(Device::Cpu.executor().compile(&g), Err(EngineError::NoOutputs)));
+    assert!(matches!(
+        Device::Cpu.executor().compile(&g),
+        Err(EngineError::NoOutputs)
+    ));
 }
 
 #[test]
 fn gpu_reports_its_device() {
     if let Some(Device::Gpu(ctx)) = gpu_or_skip("gpu device report") {
         let caps = &ctx.caps;
-        assert!(caps.max_storage_binding_bytes >= 128 << 20, "kiln requests the adapter's own limits");
+        assert!(
+            caps.max_storage_binding_bytes >= 128 << 20,
+            "kiln requests the adapter's own limits"
+        );
         assert!(caps.max_invocations_per_workgroup >= 256);
         eprintln!("GPU: {} caps {caps:?}", ctx.name());
     }
@@ -51,11 +68,24 @@ fn reshapes_share_storage_and_keep_it_alive() {
     let out = g.reshape(y, [6]).expect("same numel");
     g.output(out);
     g.output(filler);
-    assert!(matches!(g.reshape(x, [5]), Err(EngineError::Reshape { .. })));
+    assert!(matches!(
+        g.reshape(x, [5]),
+        Err(EngineError::Reshape { .. })
+    ));
     let input = CpuTensor::from_f32([2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("valid");
     for device in kiln_engine::testing::devices("reshape") {
-        let got = device.executor().compile(&g).expect("compiles").run(&[(x, &input)]).expect("runs");
+        let got = device
+            .executor()
+            .compile(&g)
+            .expect("compiles")
+            .run(&[(x, &input)])
+            .expect("runs");
         assert_eq!(got[0].shape(), &[6]);
-        assert_eq!(got[0].as_f32().expect("f32"), &[4.0, 8.0, 12.0, 16.0, 20.0, 24.0], "on {}", device.name());
+        assert_eq!(
+            got[0].as_f32().expect("f32"),
+            &[4.0, 8.0, 12.0, 16.0, 20.0, 24.0],
+            "on {}",
+            device.name()
+        );
     }
 }

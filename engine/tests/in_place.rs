@@ -46,7 +46,12 @@ impl Op for WriteRow {
         }
         Ok(())
     }
-    fn gpu(&self, inputs: &[TensorDesc], _out: &TensorDesc, _caps: &Caps) -> Result<GpuKernel, OpError> {
+    fn gpu(
+        &self,
+        inputs: &[TensorDesc],
+        _out: &TensorDesc,
+        _caps: &Caps,
+    ) -> Result<GpuKernel, OpError> {
         let cols = inputs[0].cols() as u32;
         Ok(GpuKernel {
             key: "test_write_row".into(),
@@ -59,27 +64,37 @@ impl Op for WriteRow {
 }
 
 fn pos(p: i32) -> CpuTensor {
-    CpuTensor::from_bytes(TensorDesc::new(DType::I32, [1]), p.to_le_bytes().to_vec()).expect("valid")
+    CpuTensor::from_bytes(TensorDesc::new(DType::I32, [1]), p.to_le_bytes().to_vec())
+        .expect("valid")
 }
 
 #[test]
 fn one_plan_appends_a_row_per_run() {
     for device in devices("in-place writes") {
-        let cache = device.upload(&CpuTensor::from_f32([4, 3], vec![-1.0; 12]).expect("valid")).expect("uploads");
+        let cache = device
+            .upload(&CpuTensor::from_f32([4, 3], vec![-1.0; 12]).expect("valid"))
+            .expect("uploads");
         let mut g = Graph::new();
         let row = g.input("row", TensorDesc::f32([3]));
         let p = g.input("pos", TensorDesc::new(DType::I32, [1]));
         let c = g.resident("cache", &cache);
-        let written = g.write_into("append", WriteRow { rows: 4 }, &[row, p], c).expect("shapes");
+        let written = g
+            .write_into("append", WriteRow { rows: 4 }, &[row, p], c)
+            .expect("shapes");
         g.output(written);
         let mut plan = device.executor().compile(&g).expect("compiles");
         for step in 0..3 {
             let r = CpuTensor::from_f32([3], vec![step as f32; 3]).expect("valid");
             let out = plan.run(&[(row, &r), (p, &pos(step))]).expect("runs");
-            assert_eq!(out[0].as_f32().expect("f32")[step as usize * 3], step as f32);
+            assert_eq!(
+                out[0].as_f32().expect("f32")[step as usize * 3],
+                step as f32
+            );
         }
         let got = cache.download().expect("downloads");
-        let want = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, -1.0, -1.0, -1.0];
+        let want = [
+            0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, -1.0, -1.0, -1.0,
+        ];
         assert_eq!(got.as_f32().expect("f32"), &want, "on {}", device.name());
     }
 }
@@ -90,6 +105,8 @@ fn writing_into_a_non_resident_is_an_error() {
     let row = g.input("row", TensorDesc::f32([3]));
     let p = g.input("pos", TensorDesc::new(DType::I32, [1]));
     let not_resident = g.input("x", TensorDesc::f32([4, 3]));
-    let err = g.write_into("append", WriteRow { rows: 4 }, &[row, p], not_resident).unwrap_err();
+    let err = g
+        .write_into("append", WriteRow { rows: 4 }, &[row, p], not_resident)
+        .unwrap_err();
     assert!(matches!(err, EngineError::NotResident { .. }), "{err}");
 }

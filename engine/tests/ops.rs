@@ -12,9 +12,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn seed() -> u64 {
-    std::env::var("KILN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    })
+    std::env::var("KILN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
 }
 
 /// Random values in `case.dist`, stored in the input's dtype.
@@ -22,23 +28,39 @@ fn random_input(rng: &mut StdRng, desc: &TensorDesc, case: &OpCase) -> CpuTensor
     let n = desc.numel().expect("case shapes are small");
     if desc.dtype == DType::I32 {
         let (lo, hi) = case.ints;
-        let bytes = (0..n).flat_map(|_| rng.random_range(lo..hi).to_le_bytes()).collect();
+        let bytes = (0..n)
+            .flat_map(|_| rng.random_range(lo..hi).to_le_bytes())
+            .collect();
         return CpuTensor::from_bytes(desc.clone(), bytes).expect("shape matches");
     }
-    let values: Vec<f32> = (0..n).map(|_| rng.random_range(case.dist.lo..case.dist.hi)).collect();
+    let values: Vec<f32> = (0..n)
+        .map(|_| rng.random_range(case.dist.lo..case.dist.hi))
+        .collect();
     match desc.dtype {
         DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values).expect("shape matches"),
-        DType::F16 => CpuTensor::from_f32_as_f16(desc.shape.clone(), &values).expect("shape matches"),
+        DType::F16 => {
+            CpuTensor::from_f32_as_f16(desc.shape.clone(), &values).expect("shape matches")
+        }
         d => {
-            let bytes = quant::quantize(d, &values).unwrap_or_else(|e| panic!("{}: cannot make a {d} input: {e}", case.label));
+            let bytes = quant::quantize(d, &values)
+                .unwrap_or_else(|e| panic!("{}: cannot make a {d} input: {e}", case.label));
             CpuTensor::from_bytes(desc.clone(), bytes).expect("quantized size matches")
         }
     }
 }
 
-fn run_case(device: &Device, case: &OpCase, inputs: &[CpuTensor]) -> Result<CpuTensor, EngineError> {
+fn run_case(
+    device: &Device,
+    case: &OpCase,
+    inputs: &[CpuTensor],
+) -> Result<CpuTensor, EngineError> {
     let mut g = Graph::new();
-    let ids: Vec<_> = case.inputs.iter().enumerate().map(|(i, d)| g.input(format!("in{i}"), d.clone())).collect();
+    let ids: Vec<_> = case
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| g.input(format!("in{i}"), d.clone()))
+        .collect();
     let out = g.apply("out", case.op.clone(), &ids)?;
     g.output(out);
     let mut plan = device.executor().compile(&g)?;
@@ -56,8 +78,13 @@ fn every_op_on_every_device_matches_the_cpu_reference() {
     let mut failures = Vec::new();
     let mut ran = 0;
     for case in &cases {
-        let inputs: Vec<CpuTensor> = case.inputs.iter().map(|d| random_input(&mut rng, d, case)).collect();
-        let want = run_case(&Device::Cpu, case, &inputs).unwrap_or_else(|e| panic!("{}: CPU reference failed: {e}", case.label));
+        let inputs: Vec<CpuTensor> = case
+            .inputs
+            .iter()
+            .map(|d| random_input(&mut rng, d, case))
+            .collect();
+        let want = run_case(&Device::Cpu, case, &inputs)
+            .unwrap_or_else(|e| panic!("{}: CPU reference failed: {e}", case.label));
         let want = want.to_f32().expect("outputs are float");
         for device in devices.iter().filter(|d| matches!(d, Device::Gpu(_))) {
             match run_case(device, case, &inputs) {
@@ -73,13 +100,28 @@ fn every_op_on_every_device_matches_the_cpu_reference() {
                         ));
                     }
                 }
-                Err(EngineError::Op { source: OpError::Unsupported { what, .. }, .. }) => {
-                    eprintln!("NOT RUN {} on {}: device lacks {what}", case.label, device.name());
+                Err(EngineError::Op {
+                    source: OpError::Unsupported { what, .. },
+                    ..
+                }) => {
+                    eprintln!(
+                        "NOT RUN {} on {}: device lacks {what}",
+                        case.label,
+                        device.name()
+                    );
                 }
                 Err(e) => failures.push(format!("{} on {}: {e}", case.label, device.name())),
             }
         }
     }
-    eprintln!("op tests: {} cases, {ran} GPU runs, seed {seed}", cases.len());
-    assert!(failures.is_empty(), "seed {seed}: {} failures:\n{}", failures.len(), failures.join("\n"));
+    eprintln!(
+        "op tests: {} cases, {ran} GPU runs, seed {seed}",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -9,14 +9,24 @@ fn a_resident_tensor_serves_two_plans() {
     let w = CpuTensor::from_f32([2, 4], (0..8).map(|i| i as f32 * 0.5).collect()).expect("valid");
     for device in devices("resident tensors") {
         let resident = device.upload(&w).expect("uploads");
-        assert_eq!(resident.download().expect("downloads"), w, "round trip on {}", device.name());
+        assert_eq!(
+            resident.download().expect("downloads"),
+            w,
+            "round trip on {}",
+            device.name()
+        );
         let mut plans = Vec::new();
         for rows in [1usize, 2] {
             let mut g = Graph::new();
             let x = g.input("x", TensorDesc::f32([rows, 4]));
             let wt = g.resident("w", &resident);
             // [rows, 4] + w's first rows, broadcasting one row when rows = 1.
-            let y = if rows == 2 { g.op("y", Add, &[x, wt]) } else { g.op("y", Add, &[wt, x]) }.expect("shapes");
+            let y = if rows == 2 {
+                g.op("y", Add, &[x, wt])
+            } else {
+                g.op("y", Add, &[wt, x])
+            }
+            .expect("shapes");
             g.output(y);
             plans.push((rows, x, device.executor().compile(&g).expect("compiles")));
         }

@@ -59,8 +59,18 @@ pub struct DTypeInfo {
     pub block_bytes: usize,
 }
 
-const fn info(ggml_id: u32, name: &'static str, block_size: usize, block_bytes: usize) -> DTypeInfo {
-    DTypeInfo { ggml_id, name, block_size, block_bytes }
+const fn info(
+    ggml_id: u32,
+    name: &'static str,
+    block_size: usize,
+    block_bytes: usize,
+) -> DTypeInfo {
+    DTypeInfo {
+        ggml_id,
+        name,
+        block_size,
+        block_bytes,
+    }
 }
 
 impl DType {

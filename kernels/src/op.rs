@@ -103,11 +103,23 @@ pub struct GpuKernel {
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum OpError {
     #[error("{op}: expected {expected} inputs, got {got}")]
-    Arity { op: &'static str, expected: usize, got: usize },
+    Arity {
+        op: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("{op}: shapes {shapes:?} do not fit: {why}")]
-    Shape { op: &'static str, shapes: Vec<Vec<usize>>, why: String },
+    Shape {
+        op: &'static str,
+        shapes: Vec<Vec<usize>>,
+        why: String,
+    },
     #[error("{op}: dtype {dtype} is not supported for {what}")]
-    DType { op: &'static str, dtype: DType, what: &'static str },
+    DType {
+        op: &'static str,
+        dtype: DType,
+        what: &'static str,
+    },
     #[error("{op}: needs {what}, which this device lacks")]
     Unsupported { op: &'static str, what: String },
 }
@@ -125,8 +137,12 @@ pub trait Op: fmt::Debug + Send + Sync {
     fn cpu(&self, inputs: &[&CpuTensor], out: &mut CpuTensor) -> Result<(), OpError>;
 
     /// The GPU kernel for these inputs on a device with `caps`.
-    fn gpu(&self, inputs: &[TensorDesc], out: &TensorDesc, caps: &Caps)
-        -> Result<GpuKernel, OpError>;
+    fn gpu(
+        &self,
+        inputs: &[TensorDesc],
+        out: &TensorDesc,
+        caps: &Caps,
+    ) -> Result<GpuKernel, OpError>;
 
     /// True when every index the kernel computes is proven in range by its
     /// op tests (ragged shapes included), so the engine may compile it

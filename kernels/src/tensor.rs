@@ -16,7 +16,10 @@ pub struct TensorDesc {
 
 impl TensorDesc {
     pub fn new(dtype: DType, shape: impl Into<Vec<usize>>) -> TensorDesc {
-        TensorDesc { dtype, shape: shape.into() }
+        TensorDesc {
+            dtype,
+            shape: shape.into(),
+        }
     }
 
     pub fn f32(shape: impl Into<Vec<usize>>) -> TensorDesc {
@@ -62,7 +65,11 @@ impl fmt::Debug for TensorDesc {
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum TensorError {
     #[error("tensor {desc:?} needs {expected:?} bytes, got {got}")]
-    Size { desc: TensorDesc, expected: Option<usize>, got: usize },
+    Size {
+        desc: TensorDesc,
+        expected: Option<usize>,
+        got: usize,
+    },
     #[error("dtype {0} cannot be read as f32 here")]
     NotConvertible(DType),
 }
@@ -94,19 +101,35 @@ impl CpuTensor {
         } else {
             CpuData::Bytes(vec![0; size])
         };
-        Ok(CpuTensor { desc: desc.clone(), data })
+        Ok(CpuTensor {
+            desc: desc.clone(),
+            data,
+        })
     }
 
-    pub fn from_f32(shape: impl Into<Vec<usize>>, values: Vec<f32>) -> Result<CpuTensor, TensorError> {
+    pub fn from_f32(
+        shape: impl Into<Vec<usize>>,
+        values: Vec<f32>,
+    ) -> Result<CpuTensor, TensorError> {
         let desc = TensorDesc::f32(shape);
         if desc.numel() != Some(values.len()) {
-            return Err(TensorError::Size { expected: desc.byte_size(), desc, got: values.len() * 4 });
+            return Err(TensorError::Size {
+                expected: desc.byte_size(),
+                desc,
+                got: values.len() * 4,
+            });
         }
-        Ok(CpuTensor { desc, data: CpuData::F32(values) })
+        Ok(CpuTensor {
+            desc,
+            data: CpuData::F32(values),
+        })
     }
 
     /// f32 values stored as f16 (rounded to nearest).
-    pub fn from_f32_as_f16(shape: impl Into<Vec<usize>>, values: &[f32]) -> Result<CpuTensor, TensorError> {
+    pub fn from_f32_as_f16(
+        shape: impl Into<Vec<usize>>,
+        values: &[f32],
+    ) -> Result<CpuTensor, TensorError> {
         let bytes: Vec<u8> = values
             .iter()
             .flat_map(|&v| f16::from_f32(v).to_le_bytes())
@@ -118,10 +141,19 @@ impl CpuTensor {
     pub fn from_bytes(desc: TensorDesc, bytes: Vec<u8>) -> Result<CpuTensor, TensorError> {
         let expected = desc.byte_size();
         if expected != Some(bytes.len()) {
-            return Err(TensorError::Size { desc, expected, got: bytes.len() });
+            return Err(TensorError::Size {
+                desc,
+                expected,
+                got: bytes.len(),
+            });
         }
         let data = if desc.dtype == DType::F32 {
-            CpuData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            CpuData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )
         } else {
             CpuData::Bytes(bytes)
         };
@@ -137,7 +169,11 @@ impl CpuTensor {
         let desc = TensorDesc::new(self.desc.dtype, shape);
         let have = self.desc.byte_size().unwrap_or(0);
         if desc.byte_size() != Some(have) {
-            return Err(TensorError::Size { expected: desc.byte_size(), desc, got: have });
+            return Err(TensorError::Size {
+                expected: desc.byte_size(),
+                desc,
+                got: have,
+            });
         }
         self.desc = desc;
         Ok(self)
@@ -171,10 +207,14 @@ impl CpuTensor {
         match (&self.data, self.desc.dtype) {
             (CpuData::F32(v), _) => Ok(Cow::Borrowed(v)),
             (CpuData::Bytes(b), DType::F16) => Ok(Cow::Owned(
-                b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                b.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
             )),
             (CpuData::Bytes(b), DType::BF16) => Ok(Cow::Owned(
-                b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                b.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
             )),
             (_, d) => Err(TensorError::NotConvertible(d)),
         }

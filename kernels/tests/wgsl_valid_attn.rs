@@ -75,7 +75,7 @@ fn check(kernel: &GpuKernel, n_inputs: usize, caps: &Caps) -> Result<(), String>
     if bindings != want {
         return Err(format!("bindings {bindings:?}, want {want:?}"));
     }
-    if kernel.params.len() < 16 || kernel.params.len() % 16 != 0 {
+    if kernel.params.len() < 16 || !kernel.params.len().is_multiple_of(16) {
         return Err(format!("params are {} bytes", kernel.params.len()));
     }
     if kernel

@@ -42,8 +42,18 @@ pub fn run(args: Args) -> Result<()> {
         println!("    backend      {} ({})", r.backend, r.device_type);
         println!("    driver       {} {}", r.driver, r.driver_info);
         println!("    features     {}", r.features.join(" "));
-        println!("    subgroups    {}..{}", c.subgroup_min_size, c.subgroup_max_size);
-        println!("    coop matrix  {}", if coop.is_empty() { "none".into() } else { coop.join(", ") });
+        println!(
+            "    subgroups    {}..{}",
+            c.subgroup_min_size, c.subgroup_max_size
+        );
+        println!(
+            "    coop matrix  {}",
+            if coop.is_empty() {
+                "none".into()
+            } else {
+                coop.join(", ")
+            }
+        );
         println!(
             "    limits       binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations, {} workgroups/dim, immediates {} B",
             c.max_storage_binding_bytes >> 20,

@@ -44,14 +44,15 @@ impl GpuContext {
         let name = format!("{} ({:?})", info.name, info.backend);
         let features = adapter.features() & wanted_features();
         let limits = adapter.limits();
-        let experimental_features = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
-            // SAFETY: cooperative matrices are an experimental wgpu feature;
-            // kiln only uses them in kernels whose results the op tests check
-            // against the CPU reference on the adapters that offer them.
-            unsafe { wgpu::ExperimentalFeatures::enabled() }
-        } else {
-            wgpu::ExperimentalFeatures::disabled()
-        };
+        let experimental_features =
+            if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                // SAFETY: cooperative matrices are an experimental wgpu feature;
+                // kiln only uses them in kernels whose results the op tests check
+                // against the CPU reference on the adapters that offer them.
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            };
         let desc = wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
@@ -60,13 +61,19 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
-            .map_err(|e| EngineError::RequestDevice { device: name.clone(), message: e.to_string() })?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            EngineError::RequestDevice {
+                device: name.clone(),
+                message: e.to_string(),
+            }
+        })?;
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             tracing::error!("wgpu: {e}");
-            sink.lock().unwrap_or_else(PoisonError::into_inner).push(e.to_string());
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(e.to_string());
         }));
         let caps = caps_of(&adapter, features, &limits);
         Ok(GpuContext {
@@ -99,8 +106,15 @@ impl GpuContext {
         kernel: &GpuKernel,
         trusted: bool,
     ) -> Result<Arc<wgpu::ComputePipeline>, EngineError> {
-        let key = if trusted { format!("{}#trusted", kernel.key) } else { kernel.key.clone() };
-        let mut cache = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = if trusted {
+            format!("{}#trusted", kernel.key)
+        } else {
+            kernel.key.clone()
+        };
+        let mut cache = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
@@ -112,21 +126,26 @@ impl GpuContext {
         let module = if trusted {
             // SAFETY: the op vouches (Op::trusted) that its op tests cover
             // every edge of its indexing, so no access goes out of bounds.
-            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
         } else {
             self.device.create_shader_module(desc)
         };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&kernel.key),
-            layout: None,
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                zero_initialize_workgroup_memory: false,
-                ..Default::default()
-            },
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&kernel.key),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: false,
+                    ..Default::default()
+                },
+                cache: None,
+            });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(EngineError::ShaderCompile {
                 node: node.to_string(),
@@ -141,7 +160,12 @@ impl GpuContext {
     }
 
     /// A storage buffer, or an out-of-memory error naming what it was for.
-    pub(crate) fn create_buffer(&self, what: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, EngineError> {
+    pub(crate) fn create_buffer(
+        &self,
+        what: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, EngineError> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -153,7 +177,11 @@ impl GpuContext {
         let invalid = pollster::block_on(validation.pop());
         let oom = pollster::block_on(scope.pop());
         if oom.is_some() || invalid.is_some() {
-            return Err(EngineError::OutOfMemory { device: self.name.clone(), bytes: size, what: what.to_string() });
+            return Err(EngineError::OutOfMemory {
+                device: self.name.clone(),
+                bytes: size,
+                what: what.to_string(),
+            });
         }
         Ok(buffer)
     }
@@ -162,17 +190,26 @@ impl GpuContext {
     pub(crate) fn wait(&self) -> Result<(), EngineError> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| EngineError::Device { device: self.name.clone(), message: e.to_string() })?;
+            .map_err(|e| EngineError::Device {
+                device: self.name.clone(),
+                message: e.to_string(),
+            })?;
         self.take_uncaptured()
     }
 
     pub(crate) fn take_uncaptured(&self) -> Result<(), EngineError> {
-        let mut errors = self.uncaptured.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut errors = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if errors.is_empty() {
             return Ok(());
         }
         let message = errors.drain(..).collect::<Vec<_>>().join("; ");
-        Err(EngineError::Device { device: self.name.clone(), message })
+        Err(EngineError::Device {
+            device: self.name.clone(),
+            message,
+        })
     }
 }
 
@@ -213,7 +250,7 @@ pub(crate) fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, bytes: &[
     if bytes.is_empty() {
         return;
     }
-    if bytes.len() % 4 == 0 {
+    if bytes.len().is_multiple_of(4) {
         queue.write_buffer(buffer, 0, bytes);
     } else {
         let mut padded = bytes.to_vec();
@@ -227,6 +264,8 @@ pub(crate) fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, bytes: &[
 pub(crate) fn gpu_layout(t: &CpuTensor) -> Result<Cow<'_, [u8]>, EngineError> {
     match t.bytes() {
         Cow::Borrowed(b) => Ok(kiln_kernels::layout::to_gpu(t.desc(), b)?),
-        Cow::Owned(b) => Ok(Cow::Owned(kiln_kernels::layout::to_gpu(t.desc(), &b)?.into_owned())),
+        Cow::Owned(b) => Ok(Cow::Owned(
+            kiln_kernels::layout::to_gpu(t.desc(), &b)?.into_owned(),
+        )),
     }
 }

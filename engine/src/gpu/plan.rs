@@ -54,7 +54,11 @@ struct Timer {
 }
 
 impl GpuPlan {
-    pub(crate) fn new(ctx: Arc<GpuContext>, graph: &Graph, reuse_buffers: bool) -> Result<GpuPlan, EngineError> {
+    pub(crate) fn new(
+        ctx: Arc<GpuContext>,
+        graph: &Graph,
+        reuse_buffers: bool,
+    ) -> Result<GpuPlan, EngineError> {
         let liveness = graph.liveness()?;
         let caps = &ctx.caps;
         let n = graph.nodes().len();
@@ -91,7 +95,9 @@ impl GpuPlan {
             node_bytes[i] = bytes;
             if let NodeKind::Resident(t) = &node.kind {
                 match t.storage() {
-                    Storage::Gpu { ctx: owner, buffer, .. } if Arc::ptr_eq(owner, &ctx) => {
+                    Storage::Gpu {
+                        ctx: owner, buffer, ..
+                    } if Arc::ptr_eq(owner, &ctx) => {
                         buffers.push(buffer.clone());
                         capacity.push(mappable(bytes));
                         pooled.push(false);
@@ -101,7 +107,10 @@ impl GpuPlan {
                     _ => {
                         return Err(EngineError::Device {
                             device: ctx.name().to_string(),
-                            message: format!("resident tensor `{}` lives on another device ({t:?})", node.name),
+                            message: format!(
+                                "resident tensor `{}` lives on another device ({t:?})",
+                                node.name
+                            ),
                         })
                     }
                 }
@@ -112,12 +121,18 @@ impl GpuPlan {
             if matches!(node.kind, NodeKind::Reshape) {
                 continue;
             }
-            let reusable =
-                reuse_buffers && matches!(node.kind, NodeKind::Op(_)) && !liveness.is_output[i] && node.target.is_none();
+            let reusable = reuse_buffers
+                && matches!(node.kind, NodeKind::Op(_))
+                && !liveness.is_output[i]
+                && node.target.is_none();
             let slot = match node_slot[i].or_else(|| reusable.then(|| pool.take(bytes)).flatten()) {
                 Some(slot) => slot,
                 None => {
-                    buffers.push(Arc::new(ctx.create_buffer(&node.name, mappable(bytes), STORAGE)?));
+                    buffers.push(Arc::new(ctx.create_buffer(
+                        &node.name,
+                        mappable(bytes),
+                        STORAGE,
+                    )?));
                     capacity.push(mappable(bytes));
                     pooled.push(reusable);
                     buffers.len() - 1
@@ -128,10 +143,14 @@ impl GpuPlan {
                 NodeKind::Input | NodeKind::Resident(_) | NodeKind::Reshape => {}
                 NodeKind::Constant(t) => write_padded(&ctx.queue, &buffers[slot], &gpu_layout(t)?),
                 NodeKind::Op(op) => {
-                    let descs: Vec<TensorDesc> = node.inputs.iter().map(|t| graph.desc(*t).clone()).collect();
-                    let kernel = op
-                        .gpu(&descs, &node.desc, caps)
-                        .map_err(|source| EngineError::Op { node: node.name.clone(), source })?;
+                    let descs: Vec<TensorDesc> =
+                        node.inputs.iter().map(|t| graph.desc(*t).clone()).collect();
+                    let kernel =
+                        op.gpu(&descs, &node.desc, caps)
+                            .map_err(|source| EngineError::Op {
+                                node: node.name.clone(),
+                                source,
+                            })?;
                     let offset = (params_bytes.len() as u64).next_multiple_of(align);
                     params_bytes.resize(offset as usize, 0);
                     params_bytes.extend_from_slice(&kernel.params);
@@ -191,7 +210,12 @@ impl GpuPlan {
                     message: format!("bind group: {e}"),
                 });
             }
-            steps.push(Step { node: i, pipeline, bind_group, workgroups: kernel.workgroups });
+            steps.push(Step {
+                node: i,
+                pipeline,
+                bind_group,
+                workgroups: kernel.workgroups,
+            });
         }
 
         let mut outputs = Vec::new();
@@ -202,7 +226,12 @@ impl GpuPlan {
                 mappable(node_bytes[i]),
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?;
-            outputs.push(Output { node: i, desc: graph.desc(o).clone(), bytes: node_bytes[i], staging });
+            outputs.push(Output {
+                node: i,
+                desc: graph.desc(o).clone(),
+                bytes: node_bytes[i],
+                staging,
+            });
         }
 
         let timer = ctx.has_timestamps().then(|| make_timer(&ctx)).transpose()?;
@@ -224,7 +253,9 @@ impl GpuPlan {
         let fed = match_feeds(&self.graph, feeds)?;
         for (i, node) in self.graph.nodes().iter().enumerate() {
             if let (NodeKind::Input, Some(slot)) = (&node.kind, self.node_slot[i]) {
-                let t = fed[i].ok_or_else(|| EngineError::MissingFeed { node: node.name.clone() })?;
+                let t = fed[i].ok_or_else(|| EngineError::MissingFeed {
+                    node: node.name.clone(),
+                })?;
                 write_padded(&self.ctx.queue, &self.buffers[slot], &gpu_layout(t)?);
             }
         }
@@ -290,20 +321,32 @@ impl Plan for GpuPlan {
         self.write_feeds(feeds)?;
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
             self.encode_steps(&mut pass, &self.steps);
         }
         for out in &self.outputs {
             let slot = self.node_slot[out.node].ok_or(EngineError::UnknownTensor(out.node))?;
-            encoder.copy_buffer_to_buffer(&self.buffers[slot], 0, &out.staging, 0, mappable(out.bytes));
+            encoder.copy_buffer_to_buffer(
+                &self.buffers[slot],
+                0,
+                &out.staging,
+                0,
+                mappable(out.bytes),
+            );
         }
         self.ctx.queue.submit([encoder.finish()]);
-        let staged: Vec<(&wgpu::Buffer, u64)> = self.outputs.iter().map(|o| (&o.staging, o.bytes)).collect();
+        let staged: Vec<(&wgpu::Buffer, u64)> =
+            self.outputs.iter().map(|o| (&o.staging, o.bytes)).collect();
         let data = read_buffers(&self.ctx, &staged)?;
         self.outputs
             .iter()
             .zip(data)
-            .map(|(o, bytes)| CpuTensor::from_bytes(o.desc.clone(), bytes).map_err(EngineError::from))
+            .map(|(o, bytes)| {
+                CpuTensor::from_bytes(o.desc.clone(), bytes).map_err(EngineError::from)
+            })
             .collect()
     }
 
@@ -315,12 +358,18 @@ impl Plan for GpuPlan {
         self.ctx.wait()?;
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         {
-            let timestamp_writes = self.timer.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
-                query_set: &t.queries,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
+            let timestamp_writes = self
+                .timer
+                .as_ref()
+                .map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("timed"),
+                timestamp_writes,
             });
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("timed"), timestamp_writes });
             for _ in 0..iters {
                 self.encode_steps(&mut pass, &self.steps);
             }
@@ -354,7 +403,19 @@ fn make_timer(ctx: &GpuContext) -> Result<Timer, EngineError> {
         ty: wgpu::QueryType::Timestamp,
         count: 2,
     });
-    let resolve = ctx.create_buffer("timer resolve", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)?;
-    let staging = ctx.create_buffer("timer readback", 16, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
-    Ok(Timer { queries, resolve, staging })
+    let resolve = ctx.create_buffer(
+        "timer resolve",
+        16,
+        wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+    )?;
+    let staging = ctx.create_buffer(
+        "timer readback",
+        16,
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    )?;
+    Ok(Timer {
+        queries,
+        resolve,
+        staging,
+    })
 }
