@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_loaders::{DecodeOptions, Tokenizer};
+use kiln_loaders::{DecodeOptions, StreamDecoder, Tokenizer};
 
 use crate::model::{Error, LanguageModel, Model};
 use crate::sampler::{Sampler, SamplerConfig};
@@ -94,7 +94,9 @@ pub struct Generator<'m, M: LanguageModel + ?Sized = Model> {
     tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
     stop: StopMatcher,
-    utf8: Utf8Buffer,
+    /// Holds back bytes until they form whole characters (byte-level BPE
+    /// splits characters across tokens).
+    utf8: StreamDecoder<Arc<Tokenizer>>,
     options: GenerateOptions,
     prompt: Vec<u32>,
     /// The last token sampled, not yet run through the model.
@@ -132,12 +134,13 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
         }
         let mut sampler = Sampler::new(options.sampler.clone())?;
         sampler.accept(prompt);
+        let utf8 = StreamDecoder::new(tokenizer.clone(), DecodeOptions { skip_special: true });
         Ok(Generator {
             model,
             tokenizer,
             sampler,
             stop: StopMatcher::new(options.stop.iter().cloned()),
-            utf8: Utf8Buffer::default(),
+            utf8,
             stats: GenerationStats {
                 prompt_tokens: prompt.len(),
                 ..GenerationStats::default()
@@ -186,10 +189,8 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
         self.last = Some(sampled.id);
         self.stats.gen_tokens += 1;
 
-        let piece = self
-            .tokenizer
-            .piece(sampled.id, DecodeOptions { skip_special: true })?;
-        let out = self.stop.push(&self.utf8.push(&piece));
+        let whole = self.utf8.push(sampled.id)?.unwrap_or_default();
+        let out = self.stop.push(&whole);
         let mut text = out.text;
         let eog = !self.options.ignore_eos && self.tokenizer.is_eog(sampled.id);
         self.finish = if out.stopped {
@@ -204,7 +205,7 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
         // At the end, release what was held back for a stop string or a
         // character still incomplete.
         if matches!(self.finish, Some(FinishReason::Eog | FinishReason::Length)) {
-            let tail = self.utf8.flush();
+            let tail = self.utf8.flush().unwrap_or_default();
             text.push_str(&self.stop.push(&tail).text);
             text.push_str(&self.stop.flush());
         }
@@ -256,67 +257,5 @@ impl Model {
         f: impl FnMut(&StreamToken),
     ) -> Result<GenerationStats, Error> {
         self.generate(prompt, options)?.for_each_token(f)
-    }
-}
-
-/// Holds bytes until they form whole UTF-8 characters (byte-level BPE
-/// splits characters across tokens); bytes that never can become U+FFFD.
-#[derive(Clone, Debug, Default)]
-struct Utf8Buffer {
-    pending: Vec<u8>,
-}
-
-impl Utf8Buffer {
-    fn push(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
-        let mut text = String::new();
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    text.push_str(s);
-                    rest = &[];
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    text.push_str(std::str::from_utf8(valid).unwrap_or_default());
-                    match e.error_len() {
-                        None => {
-                            rest = after;
-                            break;
-                        }
-                        Some(n) => {
-                            text.push(char::REPLACEMENT_CHARACTER);
-                            rest = after.get(n..).unwrap_or_default();
-                        }
-                    }
-                }
-            }
-        }
-        self.pending = rest.to_vec();
-        text
-    }
-
-    fn flush(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Utf8Buffer;
-
-    #[test]
-    fn utf8_buffer_waits_for_whole_characters() {
-        let mut b = Utf8Buffer::default();
-        let e = "é".as_bytes();
-        assert_eq!(b.push(&[b'a', e[0]]), "a");
-        assert_eq!(b.push(&e[1..]), "é");
-        assert_eq!(b.push(&[0xff, b'x']), "\u{fffd}x");
-        assert_eq!(b.push(&e[..1]), "");
-        assert_eq!(b.flush(), "\u{fffd}");
     }
 }

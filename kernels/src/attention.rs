@@ -20,6 +20,7 @@ use crate::template::{fill, u};
 use crate::tensor::{CpuTensor, TensorDesc};
 
 const WGSL: &str = include_str!("../wgsl/attention.wgsl");
+const IO_WGSL: &str = include_str!("../wgsl/attn_io.wgsl");
 const REDUCE_WORKGROUP: &str = include_str!("../wgsl/reduce_workgroup.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../wgsl/reduce_subgroup.wgsl");
 
@@ -62,18 +63,21 @@ pub(crate) struct Dims {
     pub kv_dtype: DType,
 }
 
-/// The `{{KV}}` and `{{KV_LOAD}}` holes of both attention kernels for a
-/// cache dtype, and a key suffix naming the choice.
-pub(crate) fn kv_holes(dtype: DType) -> ([(&'static str, String); 2], &'static str) {
-    if dtype == DType::F16 {
+/// The `{{IO}}` hole of both attention kernels (`attn_io.wgsl`: params,
+/// bindings and the `k_at`/`v_at` loaders) for a cache dtype, and a key
+/// suffix naming the choice.
+pub(crate) fn io_hole(dtype: DType) -> ((&'static str, String), &'static str) {
+    let (kv, load, key) = if dtype == DType::F16 {
         let load = "fn k_at(i: u32) -> f32 { return unpack2x16float(k[i >> 1u])[i & 1u]; }\n\
                     fn v_at(i: u32) -> f32 { return unpack2x16float(v[i >> 1u])[i & 1u]; }\n";
-        ([("KV", "u32".into()), ("KV_LOAD", load.into())], "f16")
+        ("u32", load, "f16")
     } else {
         let load = "fn k_at(i: u32) -> f32 { return k[i]; }\n\
                     fn v_at(i: u32) -> f32 { return v[i]; }\n";
-        ([("KV", "f32".into()), ("KV_LOAD", load.into())], "f32")
-    }
+        ("f32", load, "f32")
+    };
+    let io = fill(IO_WGSL, &[("KV", kv.into()), ("KV_LOAD", load.into())]);
+    (("IO", io), key)
 }
 
 /// Checks q, k, v, pos and returns their sizes.
@@ -272,12 +276,11 @@ impl Op for Attention {
         }
         let sg = self.allow_subgroups && caps.subgroups;
         let hd = check::dim_u32(op, inputs, d.head_dim)?;
-        let ([kv, kv_load], kv_key) = kv_holes(d.kv_dtype);
+        let (io, kv_key) = io_hole(d.kv_dtype);
         let source = fill(
             WGSL,
             &[
-                kv,
-                kv_load,
+                io,
                 ("WG", u(WG)),
                 ("HD", u(hd)),
                 (

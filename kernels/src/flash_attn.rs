@@ -3,7 +3,7 @@
 //! online softmax, for any T. Same inputs, semantics and CPU reference as
 //! [`crate::attention`] (see there); tested against that naive reference.
 
-use crate::attention::{case, check_inputs, kv_holes, naive, AttnConfig, Params};
+use crate::attention::{case, check_inputs, io_hole, naive, AttnConfig, Params};
 use crate::cases::OpCase;
 use crate::check;
 use crate::dtype::DType;
@@ -93,12 +93,11 @@ impl Op for FlashAttention {
                 })?,
         };
         let dpt = hd.div_ceil(WG / bq);
-        let ([kv, kv_load], kv_key) = kv_holes(d.kv_dtype);
+        let (io, kv_key) = io_hole(d.kv_dtype);
         let source = fill(
             WGSL,
             &[
-                kv,
-                kv_load,
+                io,
                 ("WG", u(WG)),
                 ("BQ", u(bq)),
                 ("BK", u(bk)),

@@ -6,27 +6,17 @@
 //!
 //! `KILN_DUMP_WGSL=dir` also writes every variant's source there.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_kernels::matmul::{BLayout, CoopTile, MatMul, MatMulVariant, TiledTile};
 use kiln_kernels::op::{CoopScalar, CoopShape};
 use kiln_kernels::{Caps, DType, GpuKernel, Op, TensorDesc, OP_CASES};
-use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 /// Device descriptions the kernels choose variants for.
 fn devices() -> Vec<(&'static str, Caps)> {
-    let baseline = Caps::baseline();
-    // Mesa lavapipe, as CI runs it (docs: WGPU.md).
-    let lavapipe = Caps {
-        subgroups: true,
-        subgroup_min_size: 8,
-        subgroup_max_size: 8,
-        max_workgroup_storage_bytes: 32 << 10,
-        max_invocations_per_workgroup: 1024,
-        ..Caps::baseline()
-    };
-    // An NVIDIA H100/H200 through Vulkan (docs: DEVICE.md).
     let coop = |ab, cr| CoopShape {
         m: 16,
         n: 16,
@@ -34,87 +24,29 @@ fn devices() -> Vec<(&'static str, Caps)> {
         ab,
         cr,
     };
+    // The H100/H200 with its cooperative-matrix and large-buffer features.
     let nvidia = Caps {
-        shader_f16: true,
-        subgroups: true,
-        subgroup_min_size: 32,
-        subgroup_max_size: 32,
         coop_matrix: vec![
             coop(CoopScalar::F16, CoopScalar::F16),
             coop(CoopScalar::F16, CoopScalar::F32),
         ],
         max_immediate_size: 256,
-        max_workgroup_storage_bytes: 48 << 10,
-        max_invocations_per_workgroup: 1024,
         max_storage_binding_bytes: (2 << 30) - 4,
         max_buffer_bytes: 4 << 30,
-        ..Caps::baseline()
+        ..common::nvidia()
     };
     vec![
-        ("baseline", baseline),
-        ("lavapipe", lavapipe),
+        ("baseline", Caps::baseline()),
+        ("lavapipe", common::lavapipe()),
         ("nvidia", nvidia),
     ]
 }
 
-fn naga_caps(caps: &Caps) -> Capabilities {
-    // pack2x16float / unpack2x16float are core WGSL; wgpu grants them on
-    // every Vulkan, Metal and DX12 device (on llvmpipe only with SHADER_F16,
-    // which lavapipe has).
-    let mut c = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    if caps.subgroups {
-        c |= Capabilities::SUBGROUP;
-    }
-    if caps.shader_f16 {
-        c |= Capabilities::SHADER_FLOAT16;
-    }
-    if !caps.coop_matrix.is_empty() {
-        c |= Capabilities::COOPERATIVE_MATRIX;
-    }
-    c
-}
-
-/// Parses, validates and compiles to SPIR-V; checks the binding convention.
+/// Parses, validates and compiles to SPIR-V; checks the binding convention
+/// and the dispatch size.
 fn check(kernel: &GpuKernel, n_inputs: usize, caps: &Caps) -> Result<(), String> {
-    let src = &kernel.source;
-    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
-    let info = Validator::new(ValidationFlags::all(), naga_caps(caps))
-        .validate(&module)
-        .map_err(|e| e.emit_to_string(src))?;
-    let options = naga::back::spv::Options {
-        lang_version: (1, 3),
-        ..Default::default()
-    };
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: kernel.entry.into(),
-    };
-    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
-        .map_err(|e| format!("SPIR-V: {e}"))?;
-
-    // Binding 0 uniform params, then the inputs, then the output.
-    let mut bindings: Vec<u32> = module
-        .global_variables
-        .iter()
-        .filter_map(|(_, v)| v.binding.as_ref().map(|b| (b.group, b.binding)))
-        .map(|(g, b)| if g == 0 { b } else { u32::MAX })
-        .collect();
-    bindings.sort();
-    let want: Vec<u32> = (0..=n_inputs as u32 + 1).collect();
-    if bindings != want {
-        return Err(format!("bindings {bindings:?}, want {want:?}"));
-    }
-    if kernel.params.len() < 16 || !kernel.params.len().is_multiple_of(16) {
-        return Err(format!("params are {} bytes", kernel.params.len()));
-    }
-    if kernel
-        .workgroups
-        .iter()
-        .any(|&w| w > caps.max_workgroups_per_dimension)
-    {
-        return Err(format!("workgroups {:?}", kernel.workgroups));
-    }
-    Ok(())
+    common::check(kernel, n_inputs, common::naga_caps(caps))?;
+    common::check_workgroups(kernel, caps)
 }
 
 /// Every registered case on every device, plus matmul tile shapes that the

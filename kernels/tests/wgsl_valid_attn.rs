@@ -6,86 +6,35 @@
 //! cases, this covers shapes the harness doesn't run (head_dim 256, tile
 //! choices under a 16 KiB workgroup-memory limit).
 
+mod common;
+
 use std::collections::HashMap;
 
 use kiln_kernels::attention::{Attention, AttnConfig};
 use kiln_kernels::flash_attn::FlashAttention;
 use kiln_kernels::kv_append::{self, KvAppend};
 use kiln_kernels::{attention, flash_attn, Caps, DType, GpuKernel, Op, OpError, TensorDesc};
-use naga::valid::{Capabilities, ValidationFlags, Validator};
+use naga::valid::Capabilities;
 
 fn devices() -> Vec<(&'static str, Caps)> {
     let lavapipe = Caps {
         shader_f16: true,
-        subgroups: true,
-        subgroup_min_size: 8,
-        subgroup_max_size: 8,
-        max_workgroup_storage_bytes: 32 << 10,
-        max_invocations_per_workgroup: 1024,
-        ..Caps::baseline()
-    };
-    let nvidia = Caps {
-        shader_f16: true,
-        subgroups: true,
-        subgroup_min_size: 32,
-        subgroup_max_size: 32,
-        max_workgroup_storage_bytes: 48 << 10,
-        max_invocations_per_workgroup: 1024,
-        ..Caps::baseline()
+        ..common::lavapipe()
     };
     vec![
         ("baseline", Caps::baseline()),
         ("lavapipe", lavapipe),
-        ("nvidia", nvidia),
+        ("nvidia", common::nvidia()),
     ]
 }
 
 fn check(kernel: &GpuKernel, n_inputs: usize, caps: &Caps) -> Result<(), String> {
-    let src = &kernel.source;
-    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
-    // pack2x16float is core WGSL (the F16 cache's writes).
-    let mut naga_caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    if caps.subgroups {
-        naga_caps |= Capabilities::SUBGROUP;
-    }
-    let info = Validator::new(ValidationFlags::all(), naga_caps)
-        .validate(&module)
-        .map_err(|e| e.emit_to_string(src))?;
-    let options = naga::back::spv::Options {
-        lang_version: (1, 3),
-        ..Default::default()
-    };
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: kernel.entry.into(),
-    };
-    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
-        .map_err(|e| format!("SPIR-V: {e}"))?;
-    let mut bindings: Vec<u32> = module
-        .global_variables
-        .iter()
-        .filter_map(|(_, v)| {
-            v.binding
-                .as_ref()
-                .map(|b| if b.group == 0 { b.binding } else { u32::MAX })
-        })
-        .collect();
-    bindings.sort();
-    let want: Vec<u32> = (0..=n_inputs as u32 + 1).collect();
-    if bindings != want {
-        return Err(format!("bindings {bindings:?}, want {want:?}"));
-    }
-    if kernel.params.len() < 16 || !kernel.params.len().is_multiple_of(16) {
-        return Err(format!("params are {} bytes", kernel.params.len()));
-    }
-    if kernel
-        .workgroups
-        .iter()
-        .any(|&w| w > caps.max_workgroups_per_dimension)
-    {
-        return Err(format!("workgroups {:?}", kernel.workgroups));
-    }
-    Ok(())
+    // Validated without SHADER_FLOAT16 even where the device offers it: the
+    // attention kernels keep f16 as packed u32 words (pack2x16float, the F16
+    // cache's writes) and must not need `enable f16;`.
+    let naga_caps = common::naga_caps(caps).difference(Capabilities::SHADER_FLOAT16);
+    common::check(kernel, n_inputs, naga_caps)?;
+    common::check_workgroups(kernel, caps)
 }
 
 #[test]

@@ -3,80 +3,25 @@
 //! the device it was specialised for, and compile to SPIR-V (what Vulkan
 //! runs); bindings must follow the op convention. No GPU needed.
 
+mod common;
+
 use kiln_kernels::get_rows::{GetRows, TABLE_DTYPES};
 use kiln_kernels::qmatmul::{QMatMul, WEIGHT_DTYPES};
 use kiln_kernels::rope::{Rope, RopeMode};
 use kiln_kernels::{Caps, DType, GpuKernel, Op, TensorDesc};
-use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 /// Baseline WebGPU, lavapipe (subgroups of 8) and an NVIDIA H100 (subgroups
 /// of 32, f16), as in WGPU.md.
 fn devices() -> Vec<(&'static str, Caps)> {
-    let lavapipe = Caps {
-        subgroups: true,
-        subgroup_min_size: 8,
-        subgroup_max_size: 8,
-        max_workgroup_storage_bytes: 32 << 10,
-        max_invocations_per_workgroup: 1024,
-        ..Caps::baseline()
-    };
-    let nvidia = Caps {
-        shader_f16: true,
-        subgroups: true,
-        subgroup_min_size: 32,
-        subgroup_max_size: 32,
-        max_workgroup_storage_bytes: 48 << 10,
-        max_invocations_per_workgroup: 1024,
-        ..Caps::baseline()
-    };
     vec![
         ("baseline", Caps::baseline()),
-        ("lavapipe", lavapipe),
-        ("nvidia", nvidia),
+        ("lavapipe", common::lavapipe()),
+        ("nvidia", common::nvidia()),
     ]
 }
 
 fn check(kernel: &GpuKernel, n_inputs: usize, caps: &Caps) -> Result<(), String> {
-    let src = &kernel.source;
-    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
-    // unpack2x16float is core WGSL (SHADER_FLOAT16_IN_FLOAT32 in naga).
-    let mut c = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    if caps.subgroups {
-        c |= Capabilities::SUBGROUP;
-    }
-    if caps.shader_f16 {
-        c |= Capabilities::SHADER_FLOAT16;
-    }
-    let info = Validator::new(ValidationFlags::all(), c)
-        .validate(&module)
-        .map_err(|e| e.emit_to_string(src))?;
-    let options = naga::back::spv::Options {
-        lang_version: (1, 3),
-        ..Default::default()
-    };
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: kernel.entry.into(),
-    };
-    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
-        .map_err(|e| format!("SPIR-V: {e}"))?;
-    let mut bindings: Vec<u32> = module
-        .global_variables
-        .iter()
-        .filter_map(|(_, v)| {
-            v.binding
-                .as_ref()
-                .map(|b| if b.group == 0 { b.binding } else { u32::MAX })
-        })
-        .collect();
-    bindings.sort();
-    let want: Vec<u32> = (0..=n_inputs as u32 + 1).collect();
-    if bindings != want {
-        return Err(format!("bindings {bindings:?}, want {want:?}"));
-    }
-    if kernel.params.len() < 16 || !kernel.params.len().is_multiple_of(16) {
-        return Err(format!("params are {} bytes", kernel.params.len()));
-    }
+    common::check(kernel, n_inputs, common::naga_caps(caps))?;
     let smem = 4 * 64 * 2 * 8; // qmatmul's reduction buffer at MR = 8
     if smem > caps.max_workgroup_storage_bytes {
         return Err("workgroup memory".into());

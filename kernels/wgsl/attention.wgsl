@@ -12,34 +12,14 @@
 //   3. for p . V, invocation i owns dimension i % HD of a key split i / HD
 //      (WG / HD splits, so V rows are read coalesced); splits are summed at
 //      the end through workgroup memory.
-// Layouts: q, out [n_q, n_head, HD]; k, v [ctx, n_kv, HD], f32 or f16.
 
-struct Params {
-    n_q: u32,     // T
-    n_head: u32,
-    n_kv: u32,
-    ctx: u32,
-    group: u32,   // n_head / n_kv
-    window: u32,  // 0 = no sliding window
-    scale: f32,
-    _pad: u32,
-}
+// Params and bindings: attn_io.wgsl.
+{{IO}}
 
 const WG: u32 = {{WG}};
 const HD: u32 = {{HD}};
 // Key splits in the p . V step (HD <= WG, checked on the host).
 const SPLITS: u32 = WG / HD;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<{{KV}}>;
-@group(0) @binding(3) var<storage, read> v: array<{{KV}}>;
-
-// k_at(i), v_at(i): element i of a cache as f32 (an F16 cache is read as
-// u32 pairs, so no f16 feature is needed).
-{{KV_LOAD}}
-@group(0) @binding(4) var<storage, read> pos: array<i32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 {{REDUCE}}
 // The most negative finite f32 (WGSL has no -inf literal).

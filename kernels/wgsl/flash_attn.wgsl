@@ -14,18 +14,9 @@
 //      read across consecutive invocations and acc stays in registers.
 // Key tiles cover only the union of what the tile's queries see (causal
 // and window skipping). f32 throughout.
-// Layouts: q, out [n_q, n_head, HD]; k, v [ctx, n_kv, HD], f32 or f16.
 
-struct Params {
-    n_q: u32,     // T
-    n_head: u32,
-    n_kv: u32,
-    ctx: u32,
-    group: u32,   // n_head / n_kv
-    window: u32,  // 0 = no sliding window
-    scale: f32,
-    _pad: u32,
-}
+// Params and bindings: attn_io.wgsl.
+{{IO}}
 
 const WG: u32 = {{WG}};
 const BQ: u32 = {{BQ}};
@@ -33,17 +24,6 @@ const BK: u32 = {{BK}};
 const HD: u32 = {{HD}};
 const TPR: u32 = WG / BQ;   // invocations per query row
 const DPT: u32 = {{DPT}};   // output dimensions per invocation: ceil(HD / TPR)
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<{{KV}}>;
-@group(0) @binding(3) var<storage, read> v: array<{{KV}}>;
-
-// k_at(i), v_at(i): element i of a cache as f32 (an F16 cache is read as
-// u32 pairs, so no f16 feature is needed).
-{{KV_LOAD}}
-@group(0) @binding(4) var<storage, read> pos: array<i32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 // The most negative finite f32 (WGSL has no -inf literal); marks masked scores.
 const LOWEST: f32 = -3.40282347e38;

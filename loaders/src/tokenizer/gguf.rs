@@ -178,19 +178,7 @@ impl GgufTokenizer {
         if a & attr::NORMAL != 0 {
             return Ok(match self.model {
                 Model::Spm => Cow::Owned(text.replace(SPM_SPACE, " ").into_bytes()),
-                Model::Bpe { .. } => {
-                    let bytes = ByteLevel::get();
-                    // A char outside the byte alphabet (a malformed vocab)
-                    // is kept as its own UTF-8.
-                    let mut out = Vec::with_capacity(text.len());
-                    for c in text.chars() {
-                        match bytes.byte_of(c) {
-                            Some(b) => out.push(b),
-                            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                        }
-                    }
-                    Cow::Owned(out)
-                }
+                Model::Bpe { .. } => Cow::Owned(ByteLevel::get().bytes_of(text)),
             });
         }
         if a & attr::BYTE != 0 {

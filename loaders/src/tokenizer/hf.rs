@@ -158,15 +158,7 @@ impl HfTokenizer {
             return Ok(Cow::Owned(text.into_bytes()));
         }
         if self.byte_level {
-            let bl = ByteLevel::get();
-            let mut out = Vec::with_capacity(text.len());
-            for c in text.chars() {
-                match bl.byte_of(c) {
-                    Some(b) => out.push(b),
-                    None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-                }
-            }
-            return Ok(Cow::Owned(out));
+            return Ok(Cow::Owned(ByteLevel::get().bytes_of(&text)));
         }
         let byte = text
             .strip_prefix("<0x")

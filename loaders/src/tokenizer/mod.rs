@@ -180,7 +180,7 @@ impl Tokenizer {
             .unwrap_or_default()
     }
 
-    pub fn stream_decoder(&self, opts: DecodeOptions) -> StreamDecoder<'_> {
+    pub fn stream_decoder(&self, opts: DecodeOptions) -> StreamDecoder<&Tokenizer> {
         StreamDecoder::new(self, opts)
     }
 }

@@ -94,6 +94,19 @@ impl ByteLevel {
     pub(crate) fn byte_of(&self, c: char) -> Option<u8> {
         self.from_char.get(c as usize).copied().flatten()
     }
+
+    /// The bytes a byte-level token's text stands for. A char outside the
+    /// byte alphabet (a malformed vocab) is kept as its own UTF-8.
+    pub(crate) fn bytes_of(&self, text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        for c in text.chars() {
+            match self.byte_of(c) {
+                Some(b) => out.push(b),
+                None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -164,22 +164,21 @@ pub(crate) fn string_array<'m>(
 }
 
 fn int_array(value: &Value, key: &'static str) -> Result<Vec<i64>, TokenizerError> {
-    let items = value.as_array().ok_or_else(|| TokenizerError::BadKey {
-        key,
-        detail: "expected an array".into(),
-    })?;
-    items
-        .iter()
-        .map(|v| {
-            v.as_i64().ok_or_else(|| TokenizerError::BadKey {
-                key,
-                detail: format!("non-integer element {v:?}"),
-            })
-        })
-        .collect()
+    array_of(value, key, "non-integer", Value::as_i64)
 }
 
 fn number_array(value: &Value, key: &'static str) -> Result<Vec<f64>, TokenizerError> {
+    array_of(value, key, "non-numeric", Value::as_f64)
+}
+
+/// Every element of an array through `get`; `what` names an element `get`
+/// refuses.
+fn array_of<T>(
+    value: &Value,
+    key: &'static str,
+    what: &str,
+    get: impl Fn(&Value) -> Option<T>,
+) -> Result<Vec<T>, TokenizerError> {
     let items = value.as_array().ok_or_else(|| TokenizerError::BadKey {
         key,
         detail: "expected an array".into(),
@@ -187,9 +186,9 @@ fn number_array(value: &Value, key: &'static str) -> Result<Vec<f64>, TokenizerE
     items
         .iter()
         .map(|v| {
-            v.as_f64().ok_or_else(|| TokenizerError::BadKey {
+            get(v).ok_or_else(|| TokenizerError::BadKey {
                 key,
-                detail: format!("non-numeric element {v:?}"),
+                detail: format!("{what} element {v:?}"),
             })
         })
         .collect()
