@@ -81,7 +81,8 @@ pub struct CoopTile {
     pub fn_: u32,
     pub bk: u32,
     pub nbuf: u32,
-    /// Stage tiles as `vec4<f16>` rather than `f16`: 4x fewer shared stores.
+    /// Kept for existing callers; ignored: tiles are always staged as
+    /// `vec4<f16>` (a quarter of the shared stores of plain `f16`).
     pub vec_smem: bool,
 }
 
@@ -411,15 +412,24 @@ impl MatMul {
             mma += &format!("        {{\n            let kk = {kk}u;\n");
             for i in 0..t.fm {
                 mma += &format!(
-                    "            let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&As[(ao + {}u * LDS + kk) >> SMEM_SHIFT], LDS >> SMEM_SHIFT);\n",
+                    "            let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&S[(ao + {}u * LDA + kk) >> 2u], LDA >> 2u);\n",
                     i * 16
                 );
             }
             for j in 0..t.fn_ {
-                mma += &format!(
-                    "            let b{j} = coopLoad<coop_mat16x16<f16, B>>(&Bs[(bo + {}u * LDS + kk) >> SMEM_SHIFT], LDS >> SMEM_SHIFT);\n",
-                    j * 16
-                );
+                mma += &if kn {
+                    // Bs[k][n]: row-major K x N fragments.
+                    format!(
+                        "            let b{j} = coopLoadT<coop_mat16x16<f16, B>>(&S[2u * B_OFF + ((bo + kk * LDB + {}u) >> 2u)], LDB >> 2u);\n",
+                        j * 16
+                    )
+                } else {
+                    // Bs[n][k]: column-major K x N fragments.
+                    format!(
+                        "            let b{j} = coopLoad<coop_mat16x16<f16, B>>(&S[2u * B_OFF + ((bo + {}u * LDB + kk) >> 2u)], LDB >> 2u);\n",
+                        j * 16
+                    )
+                };
             }
             for i in 0..t.fm {
                 for j in 0..t.fn_ {
@@ -451,12 +461,8 @@ impl MatMul {
                 ("SG", u(sg)),
                 ("BK", u(t.bk)),
                 ("NBUF", u(t.nbuf)),
-                ("SMEM_SHIFT", u(if t.vec_smem { 2 } else { 0 })),
-                (
-                    "SMEM_ELEM",
-                    if t.vec_smem { "vec4<f16>" } else { "f16" }.into(),
-                ),
-                ("PUT", coop_put(t.vec_smem)),
+                ("LDB", u(if kn { bn + 8 } else { t.bk + 8 })),
+                ("B_ROWS", u(if kn { t.bk } else { bn })),
                 ("BK8_SHIFT", u(log2(t.bk / 8))),
                 ("BN8_SHIFT", u(log2(bn / 8))),
                 ("B_KN", kn.to_string()),
@@ -472,14 +478,13 @@ impl MatMul {
             ],
         );
         let key = format!(
-            "matmul.coop.{}x{}.{}x{}.k{}.buf{}{}.sg{}.a={}{}.b={}{}.{}",
+            "matmul.coop.{}x{}.{}x{}.k{}.buf{}.q.sg{}.a={}{}.b={}{}.{}",
             t.warps_m,
             t.warps_n,
             t.fm,
             t.fn_,
             t.bk,
             t.nbuf,
-            if t.vec_smem { ".v4" } else { "" },
             sg,
             inputs[0].dtype,
             a_elem,
@@ -552,39 +557,12 @@ fn tiled_body(t: &TiledTile, threads: u32) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The coop kernel's writes of a `Chunk` into workgroup memory.
-fn coop_put(vec_smem: bool) -> String {
-    let halves = [
-        "c.lo.x", "c.lo.y", "c.lo.z", "c.lo.w", "c.hi.x", "c.hi.y", "c.hi.z", "c.hi.w",
-    ];
-    let mut s = String::new();
-    for (name, arr) in [("put_row_a", "As"), ("put_row_b", "Bs")] {
-        s += &format!("fn {name}(o: u32, c: Chunk) {{\n");
-        if vec_smem {
-            s += &format!("    {arr}[o >> 2u] = c.lo;\n    {arr}[(o >> 2u) + 1u] = c.hi;\n");
-        } else {
-            for (j, h) in halves.iter().enumerate() {
-                s += &format!("    {arr}[o + {j}u] = {h};\n");
-            }
-        }
-        s += "}\n";
-    }
-    // A column: 8 halves LDS apart, so one at a time either way.
-    s += "fn put_col_b(o: u32, c: Chunk) {\n";
-    for (j, h) in halves.iter().enumerate() {
-        if vec_smem {
-            s += &format!("    let o{j} = o + {j}u * LDS;\n    Bs[o{j} >> 2u][o{j} & 3u] = {h};\n");
-        } else {
-            s += &format!("    Bs[o + {j}u * LDS] = {h};\n");
-        }
-    }
-    s + "}\n"
-}
-
-/// Bytes of workgroup memory the coop kernel takes with tile `t`.
+/// Bytes of workgroup memory the coop kernel takes with tile `t`
+/// (the larger of B's two layouts: `bn x (bk + 8)` or `bk x (bn + 8)`).
 fn coop_smem(t: &CoopTile) -> u32 {
     let (bm, bn) = (t.warps_m * t.fm * 16, t.warps_n * t.fn_ * 16);
-    t.nbuf * (bm + bn) * (t.bk + 8) * 2 + t.warps_m * t.warps_n * 256 * 4
+    let b = (bn * (t.bk + 8)).max(t.bk * (bn + 8));
+    t.nbuf * (bm * (t.bk + 8) + b) * 2 + t.warps_m * t.warps_n * 256 * 4
 }
 
 /// 128x128 tiles of 8x8 per invocation (256 invocations: WebGPU's
@@ -617,21 +595,14 @@ fn default_tiled(m: usize, caps: &Caps) -> TiledTile {
 }
 
 /// The first of these that the device holds. Measured on an H200 at
-/// 4096^3 f16 (`KILN_BENCH_SWEEP=1 cargo bench --bench kernels`): staging
-/// as vec4<f16> lifts 4x4-fragment warp tiles from 64 to 76-82 TFLOP/s
-/// (a quarter of the shared stores); 2x4 subgroups of 4x4 fragments, BK 16,
-/// double-buffered: 82 (45 KiB of workgroup memory); BK 32 single-buffered:
-/// 76-81 (39 KiB); 4x2 fragments, double-buffered: 55 (fits 32 KiB).
+/// 4096^3 f16 (`KILN_BENCH_SWEEP=1 cargo bench --bench kernels`, and each
+/// tile as the default): with 16-byte global loads, 2x4 subgroups of 4x4
+/// fragments, BK 32, single-buffered: 145 TFLOP/s (38 KiB of workgroup
+/// memory); the same with BK 16 double-buffered: 134 (45 KiB); 4x2
+/// subgroups, BK 16, double-buffered: 128; 2x2 subgroups, BK 32,
+/// double-buffered: 101 (but 59 at 1024^3, against 34). With the earlier
+/// 8-byte loads these were 76-82; 4x2 fragments (fits 32 KiB): 55.
 const COOP_TILES: [CoopTile; 3] = [
-    CoopTile {
-        warps_m: 2,
-        warps_n: 4,
-        fm: 4,
-        fn_: 4,
-        bk: 16,
-        nbuf: 2,
-        vec_smem: true,
-    },
     CoopTile {
         warps_m: 2,
         warps_n: 4,
@@ -639,6 +610,15 @@ const COOP_TILES: [CoopTile; 3] = [
         fn_: 4,
         bk: 32,
         nbuf: 1,
+        vec_smem: true,
+    },
+    CoopTile {
+        warps_m: 2,
+        warps_n: 4,
+        fm: 4,
+        fn_: 4,
+        bk: 16,
+        nbuf: 2,
         vec_smem: true,
     },
     CoopTile {
@@ -760,48 +740,97 @@ fn tiled_loader(x: &str, dtype: DType, cols: usize) -> (&'static str, String) {
     }
 }
 
-/// The coop kernel's `load_<x>`: A[row][col..col+8] as a `Chunk` of f16,
-/// zeros outside. F32 is rounded to f16. vec4 loads when a row is a whole
-/// number of vec4s.
+/// The coop kernel's `load_<x>`: A[row][col..col+8] as 8 f16 packed in a
+/// `vec4<u32>` (half j in bits 16 * (j & 1) of word j / 2), zeros outside;
+/// `col` is a multiple of 8. F16 is copied as raw bits (one 16-byte load
+/// when a row is a whole number of 8-half chunks, two 8-byte ones for
+/// whole vec4s); F32 is rounded to f16.
 fn coop_loader(x: &str, dtype: DType, cols: usize) -> (&'static str, String) {
     let sig = format!("fn load_{x}(base: u32, row: u32, col: u32, rows: u32, cols: u32) -> Chunk");
-    let vec = cols.is_multiple_of(4);
-    let elem = match (dtype, vec) {
-        (DType::F16, true) => "vec4<f16>",
-        (DType::F16, false) => "f16",
-        (_, true) => "vec4<f32>",
-        (_, false) => "f32",
-    };
-    let body = if vec {
-        format!(
-            "    var c = Chunk(vec4<f16>(0.0), vec4<f16>(0.0));
+    let (elem, body) = match dtype {
+        DType::F16 if cols.is_multiple_of(8) => (
+            "vec4<u32>",
+            format!(
+                "    if row < rows && col < cols {{
+        return {x}[(base + row * cols + col) >> 3u];
+    }}
+    return vec4<u32>(0u);"
+            ),
+        ),
+        DType::F16 if cols.is_multiple_of(4) => (
+            "vec2<u32>",
+            format!(
+                "    var w = vec4<u32>(0u);
     if row < rows {{
         let i = (base + row * cols + col) >> 2u;
         if col < cols {{
-            c.lo = vec4<f16>({x}[i]);
+            let v = {x}[i];
+            w.x = v.x;
+            w.y = v.y;
         }}
         if col + 4u < cols {{
-            c.hi = vec4<f16>({x}[i + 1u]);
+            let v = {x}[i + 1u];
+            w.z = v.x;
+            w.w = v.y;
         }}
     }}
-    return c;"
-        )
-    } else {
-        format!(
-            "    var c = Chunk(vec4<f16>(0.0), vec4<f16>(0.0));
+    return w;"
+            ),
+        ),
+        DType::F16 => (
+            "u32",
+            format!(
+                "    var w = vec4<u32>(0u);
     if row < rows {{
         let i = base + row * cols + col;
-        for (var j = 0u; j < 4u; j++) {{
+        for (var j = 0u; j < 8u; j++) {{
             if col + j < cols {{
-                c.lo[j] = f16({x}[i + j]);
-            }}
-            if col + 4u + j < cols {{
-                c.hi[j] = f16({x}[i + 4u + j]);
+                let e = i + j;
+                let h = ({x}[e >> 1u] >> ((e & 1u) << 4u)) & 0xffffu;
+                w[j >> 1u] |= h << ((j & 1u) << 4u);
             }}
         }}
     }}
-    return c;"
-        )
+    return w;"
+            ),
+        ),
+        _ if cols.is_multiple_of(4) => (
+            "vec4<f32>",
+            format!(
+                "    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    if row < rows {{
+        let i = (base + row * cols + col) >> 2u;
+        if col < cols {{
+            lo = {x}[i];
+        }}
+        if col + 4u < cols {{
+            hi = {x}[i + 1u];
+        }}
+    }}
+    return vec4<u32>(pack2x16float(lo.xy), pack2x16float(lo.zw), pack2x16float(hi.xy), pack2x16float(hi.zw));"
+            ),
+        ),
+        _ => (
+            "f32",
+            format!(
+                "    var v = array<f32, 8>();
+    if row < rows {{
+        let i = base + row * cols + col;
+        for (var j = 0u; j < 8u; j++) {{
+            if col + j < cols {{
+                v[j] = {x}[i + j];
+            }}
+        }}
+    }}
+    return vec4<u32>(
+        pack2x16float(vec2<f32>(v[0], v[1])),
+        pack2x16float(vec2<f32>(v[2], v[3])),
+        pack2x16float(vec2<f32>(v[4], v[5])),
+        pack2x16float(vec2<f32>(v[6], v[7])),
+    );"
+            ),
+        ),
     };
     (elem, format!("{sig} {{\n{body}\n}}"))
 }

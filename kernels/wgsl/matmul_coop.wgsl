@@ -4,21 +4,29 @@
 // A workgroup computes a BM x BN tile of C with WARPS_M x WARPS_N
 // subgroups; each subgroup owns FM x FN accumulator fragments (16x16 each)
 // and keeps them in registers for the whole K loop. Every K step of BK,
-// the A tile (row-major, As[m][k]) and the B tile (stored transposed,
-// Bs[n][k], so that a column-major fragment load gives the K x N operand
-// whatever B's layout) are staged in workgroup memory as f16. Rows are
-// padded by 8 halves (16 bytes): fragment loads then spread over the banks,
-// and every row start stays 16-byte aligned. With NBUF = 2 the next step's
-// global loads (held in registers) overlap this step's multiplies, with
-// one barrier per step.
+// the A tile (row-major, As[m][k]) and the B tile (Bs[n][k] for B [N, K],
+// read as column-major fragments; Bs[k][n] for B [K, N], read as row-major
+// ones) are staged in workgroup memory as vec4<f16>. Global reads move 8
+// halves at a time as one vec4<u32> (16 bytes; naga has no u32 -> f16
+// bitcast, so the words go through unpack2x16float and back to f16, which
+// is exact and which the driver folds away: 1.6x the speed of two 8-byte
+// vec4<f16> loads on an H200). Rows are padded by 8 halves (16 bytes), so
+// fragment loads spread over the banks. With NBUF = 2 the next step's
+// global loads (held in registers) overlap this step's multiplies, with one
+// barrier per step.
+//
+// (Staging as vec4<u32> and fragment-loading f16 from it, which
+// cooperative-matrix loads allow in SPIR-V, makes the NVIDIA driver fail
+// the pipeline and lose the device: keep the workgroup array f16.)
 //
 // Subgroup i of the workgroup takes warp tile (i / WARPS_N, i % WARPS_N):
 // the kernel is built for one subgroup size (SG), which the device must
 // report as its only one.
 //
-// Operands are read through `load_a` / `load_b` (8 consecutive halves,
-// zeros outside the matrix), filled in per dtype (F16 read as f16, which
-// SHADER_F16 allows in storage; F32 rounded to f16) and alignment.
+// Operands are read through `load_a` / `load_b` (8 consecutive halves
+// packed in a vec4<u32>, a Chunk; zeros outside the matrix), filled in per
+// dtype (F16 as raw bits; F32 rounded to f16 with pack2x16float) and
+// alignment.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -45,8 +53,12 @@ const NBUF: u32 = {{NBUF}};
 const BM: u32 = WARPS_M * FM * 16u;
 const BN: u32 = WARPS_N * FN * 16u;
 const WG: u32 = WARPS_M * WARPS_N * SG;
-const LDS: u32 = BK + 8u; // row pitch of As and Bs, in halves
 const B_KN: bool = {{B_KN}};
+// Row pitches of As and Bs, in halves (multiples of 8).
+const LDA: u32 = BK + 8u;
+const LDB: u32 = {{LDB}};
+// Rows of one Bs buffer: BN ([n][k]) or BK ([k][n]).
+const B_ROWS: u32 = {{B_ROWS}};
 
 // 8-half chunks of one staged tile.
 const A_CHUNKS: u32 = BM * BK / 8u;
@@ -56,30 +68,30 @@ const B_CHUNKS: u32 = BN * BK / 8u;
 const BK8_SHIFT: u32 = {{BK8_SHIFT}};
 const BN8_SHIFT: u32 = {{BN8_SHIFT}};
 
-// 8 consecutive elements of a row, as f16.
-struct Chunk {
-    lo: vec4<f16>,
-    hi: vec4<f16>,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<{{A_ELEM}}>;
 @group(0) @binding(2) var<storage, read> b: array<{{B_ELEM}}>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-// Staged as f16 or as vec4<f16> (SMEM_SHIFT = 2: a quarter of the store
-// instructions; fragment loads then count offsets and strides in vec4s).
-const SMEM_SHIFT: u32 = {{SMEM_SHIFT}};
-const AS_LEN: u32 = (NBUF * BM * LDS) >> SMEM_SHIFT;
-const BS_LEN: u32 = (NBUF * BN * LDS) >> SMEM_SHIFT;
-var<workgroup> As: array<{{SMEM_ELEM}}, AS_LEN>; // [buffer][m][k]
-var<workgroup> Bs: array<{{SMEM_ELEM}}, BS_LEN>; // [buffer][n][k]
+// As and Bs in one array of vec4<f16>: [buffer][m][k] of A, then
+// [buffer][row][col] of B from B_OFF on. Offsets below count 8-half
+// chunks (AS_Q, BS_Q, B_OFF, put's q) or halves (fragment loads).
+const AS_Q: u32 = BM * LDA / 8u;
+const BS_Q: u32 = B_ROWS * LDB / 8u;
+const B_OFF: u32 = NBUF * AS_Q;
+var<workgroup> S: array<vec4<f16>, 2u * NBUF * (AS_Q + BS_Q)>;
+
+// 8 halves, half j in bits 16 * (j & 1) of word j / 2.
+alias Chunk = vec4<u32>;
+
+// Chunk q of S.
+fn put(q: u32, c: Chunk) {
+    S[2u * q] = vec4<f16>(vec2<f16>(unpack2x16float(c.x)), vec2<f16>(unpack2x16float(c.y)));
+    S[2u * q + 1u] = vec4<f16>(vec2<f16>(unpack2x16float(c.z)), vec2<f16>(unpack2x16float(c.w)));
+}
 // One 16x16 fragment per subgroup, to store tiles that overhang C.
 var<workgroup> Cs: array<f32, WARPS_M * WARPS_N * 256u>;
 
-// put_row_a(o, c) / put_row_b(o, c): the 8 halves of c at half offset o
-// of As / Bs (o a multiple of 8); put_col_b(o, c): at o, o + LDS, ...
-{{PUT}}
 // fn load_a(base, row, col, rows, cols) -> Chunk: A[row][col..col + 8].
 {{LOAD_A}}
 // fn load_b(base, row, col, rows, cols) -> Chunk: B[row][col..col + 8].
@@ -97,8 +109,7 @@ fn stash_a(buf: u32, i: u32, lid: u32, val: Chunk) {
     if v < A_CHUNKS {
         let row = v >> BK8_SHIFT;
         let k = (v & ((1u << BK8_SHIFT) - 1u)) << 3u;
-        let o = (buf * BM + row) * LDS + k;
-        put_row_a(o, val);
+        put(buf * AS_Q + ((row * LDA + k) >> 3u), val);
     }
 }
 
@@ -117,18 +128,17 @@ fn fetch_b(i: u32, lid: u32, n0: u32, k0: u32, base: u32) -> Chunk {
 fn stash_b(buf: u32, i: u32, lid: u32, val: Chunk) {
     let v = lid + i * WG;
     if v < B_CHUNKS {
+        var row: u32;
+        var col: u32;
         if B_KN {
-            // 8 consecutive n of one k: a column of Bs.
-            let k = v >> BN8_SHIFT;
-            let n = (v & ((1u << BN8_SHIFT) - 1u)) << 3u;
-            let o = (buf * BN + n) * LDS + k;
-            put_col_b(o, val);
+            // 8 consecutive n of one k: part of row k of Bs.
+            row = v >> BN8_SHIFT;
+            col = (v & ((1u << BN8_SHIFT) - 1u)) << 3u;
         } else {
-            let row = v >> BK8_SHIFT;
-            let k = (v & ((1u << BK8_SHIFT) - 1u)) << 3u;
-            let o = (buf * BN + row) * LDS + k;
-            put_row_b(o, val);
+            row = v >> BK8_SHIFT;
+            col = (v & ((1u << BK8_SHIFT) - 1u)) << 3u;
         }
+        put(B_OFF + buf * BS_Q + ((row * LDB + col) >> 3u), val);
     }
 }
 
@@ -203,9 +213,15 @@ fn main(
             let k0 = (t + 1u) * BK;
 {{FETCH}}
         }
-        // First element of this subgroup's rows of As and columns of Bs.
-        let ao = (buf * BM + wm * FM * 16u) * LDS;
-        let bo = (buf * BN + wn * FN * 16u) * LDS;
+        // First half of this subgroup's rows of As, and of its part of Bs
+        // (B_OFF not included).
+        let ao = (buf * BM + wm * FM * 16u) * LDA;
+        var bo: u32;
+        if B_KN {
+            bo = buf * BK * LDB + wn * FN * 16u;
+        } else {
+            bo = (buf * BN + wn * FN * 16u) * LDB;
+        }
 {{MMA}}
         if NBUF == 1u {
             // Single buffer: everyone must be done reading it.
