@@ -89,3 +89,83 @@ fn reshapes_share_storage_and_keep_it_alive() {
         );
     }
 }
+
+mod bad_kernels {
+    use std::borrow::Cow;
+
+    use kiln_engine::testing::gpu_or_skip;
+    use kiln_engine::{CpuTensor, EngineError, Graph, TensorDesc};
+    use kiln_kernels::op::params_bytes;
+    use kiln_kernels::{Caps, GpuKernel, Op, OpError};
+
+    /// An op whose WGSL does not compile.
+    #[derive(Debug)]
+    struct Broken;
+
+    impl Op for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
+            Ok(inputs[0].clone())
+        }
+        fn cpu(&self, _inputs: &[&CpuTensor], _out: &mut CpuTensor) -> Result<(), OpError> {
+            Ok(())
+        }
+        fn gpu(
+            &self,
+            _inputs: &[TensorDesc],
+            _out: &TensorDesc,
+            _caps: &Caps,
+        ) -> Result<GpuKernel, OpError> {
+            Ok(GpuKernel {
+                key: "broken".into(),
+                source: Cow::Borrowed("@compute @workgroup_size(1) fn main() { let x: f32 = ; }"),
+                entry: "main",
+                params: params_bytes(&[0u32; 4]),
+                workgroups: [1, 1, 1],
+            })
+        }
+    }
+
+    #[test]
+    fn a_shader_that_fails_to_compile_is_an_error_naming_the_node() {
+        let Some(device) = gpu_or_skip("shader compile errors") else {
+            return;
+        };
+        let mut g = Graph::new();
+        let x = g.input("x", TensorDesc::f32([4]));
+        let y = g.op("blk.7.broken", Broken, &[x]).expect("shape");
+        g.output(y);
+        match device.executor().compile(&g) {
+            Err(EngineError::ShaderCompile { node, .. }) => assert_eq!(node, "blk.7.broken"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a broken shader compiled"),
+        }
+    }
+
+    #[test]
+    fn a_tensor_past_the_binding_limit_is_an_error_before_allocation() {
+        let Some(kiln_engine::Device::Gpu(ctx)) = gpu_or_skip("binding limit") else {
+            return;
+        };
+        let limit = ctx.caps.max_storage_binding_bytes;
+        let elems = (limit / 4 + 1024) as usize;
+        let mut g = Graph::new();
+        let x = g.input("huge", TensorDesc::f32([elems]));
+        g.output(x);
+        match kiln_engine::Device::Gpu(ctx).executor().compile(&g) {
+            Err(EngineError::TooLarge {
+                node,
+                bytes,
+                limit: l,
+                ..
+            }) => {
+                assert_eq!(node, "huge");
+                assert!(bytes > l);
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a binding past the limit was accepted"),
+        }
+    }
+}
