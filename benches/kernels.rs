@@ -379,6 +379,13 @@ fn kernels(c: &mut Criterion) {
         Device::Gpu(ctx) => ctx.caps.clone(),
         Device::Cpu => return,
     };
+    // `cargo test --all-targets` runs this binary without `--bench`: the
+    // 4096-wide shapes would take many minutes on a software adapter, and
+    // timing is not a test, so only say how to run it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("kernels bench: not timed under cargo test; run `cargo bench --bench kernels`");
+        return;
+    }
     let coop = coop_available(&caps);
     println!("device: {}", device.name());
     let mut rng = StdRng::seed_from_u64(7);
