@@ -8,6 +8,7 @@
 
 pub mod generate;
 pub mod model;
+pub mod perplexity;
 pub mod sampler;
 pub mod stop;
 
@@ -20,5 +21,8 @@ pub use generate::{FinishReason, GenerateOptions, GenerationStats, Generator, St
 pub use kiln_engine::{Device, EngineError, Executor, Graph, Plan};
 pub use kiln_kernels::{CpuTensor, DType, TensorDesc};
 pub use model::{Error, LanguageModel, Model, ModelOptions};
+pub use perplexity::{
+    perplexity, ChunkScore, Perplexity, PerplexityError, PerplexityOptions, ScoringModel,
+};
 pub use sampler::{Sampled, Sampler, SamplerConfig, SamplerError};
 pub use stop::{StopMatcher, StopOutput};

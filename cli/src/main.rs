@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Run large language models on any GPU wgpu reaches")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Run large language models on any GPU wgpu reaches"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +28,8 @@ enum Command {
     Run(cmd::run::Args),
     /// The next-token logits after a prompt: argmax and top tokens.
     Logits(cmd::logits::Args),
+    /// Perplexity of a text file, llama.cpp's method (`PPL = x +/- y`).
+    Perplexity(cmd::perplexity::Args),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +40,6 @@ fn main() -> Result<()> {
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Logits(args) => cmd::logits::run(args),
+        Command::Perplexity(args) => cmd::perplexity::run(args),
     }
 }

@@ -1,5 +1,6 @@
 pub mod devices;
 pub mod info;
 pub mod logits;
+pub mod perplexity;
 pub mod run;
 pub mod tokenize;
