@@ -35,19 +35,7 @@ impl LanguageModel for Scripted {
 }
 
 fn tokenizer() -> Option<Arc<Tokenizer>> {
-    let path = match std::env::var_os("KILN_TEST_MODEL") {
-        Some(p) => p.into(),
-        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/kiln/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if !path.exists() {
-        assert!(
-            std::env::var("KILN_REQUIRE_MODEL").map_or(true, |v| v != "1"),
-            "model missing"
-        );
-        eprintln!("skipped: model not found, run scripts/fetch-model.sh");
-        return None;
-    }
+    let path = kiln::loaders::paths::test_model("generator tests")?;
     let file = GgufFile::open(&path).expect("opens");
     Some(Arc::new(
         Tokenizer::from_gguf(file.metadata()).expect("tokenizer"),

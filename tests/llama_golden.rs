@@ -20,28 +20,7 @@ const RMS_CPU_VS_GPU: f64 = 1e-3;
 const GAP: f64 = 0.05;
 
 fn model_path(test: &str) -> Option<PathBuf> {
-    let path = match std::env::var_os("KILN_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("KILN_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln")
-                });
-            home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("KILN_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
-        panic!(
-            "{test}: KILN_REQUIRE_MODEL=1 but {} is missing",
-            path.display()
-        );
-    }
-    eprintln!("{test}: skipped: model not found, run scripts/fetch-model.sh");
-    None
+    kiln::loaders::paths::test_model(test)
 }
 
 fn refs(file: &str) -> Vec<Value> {

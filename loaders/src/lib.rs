@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod metadata;
+pub mod paths;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;

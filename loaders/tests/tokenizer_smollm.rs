@@ -8,34 +8,10 @@ use kiln_loaders::{
     BuiltinTemplate, ChatTemplate, DecodeOptions, EncodeOptions, GgufFile, Message, Tokenizer,
 };
 
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("KILN_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("KILN_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kiln")
-        });
-    home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 /// The model's tokenizer, or `None` (with a visible note) when the model
 /// has not been fetched, unless KILN_REQUIRE_MODEL=1 makes that a failure.
 fn tokenizer() -> Option<Tokenizer> {
-    let path = model_path();
-    if !path.exists() {
-        assert!(
-            std::env::var("KILN_REQUIRE_MODEL").as_deref() != Ok("1"),
-            "model not found at {} and KILN_REQUIRE_MODEL=1",
-            path.display()
-        );
-        eprintln!(
-            "skipped: model not found, run scripts/fetch-model.sh ({})",
-            path.display()
-        );
-        return None;
-    }
+    let path = kiln_loaders::paths::test_model("tokenizer tests")?;
     let file = GgufFile::open(&path).expect("open model");
     Some(Tokenizer::from_gguf(file.metadata()).expect("tokenizer from GGUF metadata"))
 }

@@ -424,22 +424,13 @@ mod tests {
         assert_eq!(human(327.0, "B"), "327 B");
     }
 
-    /// The real model, when fetched (the loader tests insist on it under
-    /// KILN_REQUIRE_MODEL=1; here a missing file just skips).
+    /// The real model, when fetched (skipped visibly when missing, a failure
+    /// under KILN_REQUIRE_MODEL=1).
     #[test]
     fn smollm2_report() {
-        let home = std::env::var_os("KILN_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln")
-            });
-        let path = std::env::var_os("KILN_TEST_MODEL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-        if !path.is_file() {
-            eprintln!("skipped: model not found, run scripts/fetch-model.sh");
+        let Some(path) = kiln_loaders::paths::test_model("kiln info") else {
             return;
-        }
+        };
         assert!(is_gguf(&path).unwrap());
         let r = gguf_report(&path).unwrap();
         let j = r.to_json(false);

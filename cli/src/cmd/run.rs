@@ -85,11 +85,7 @@ pub fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path);
     }
-    let home = match std::env::var_os("KILN_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln"),
-    };
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = kiln_loaders::paths::default_model_path();
     if !path.exists() {
         bail!(
             "no -m MODEL given and the default model {} is missing: run scripts/fetch-model.sh",

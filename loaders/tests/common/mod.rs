@@ -6,39 +6,10 @@ pub mod raw;
 
 use std::path::PathBuf;
 
-/// The real model: `KILN_TEST_MODEL`, else
-/// `${KILN_HOME:-$HOME/.cache/kiln}/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
-/// `None` (after printing why) when it is missing, unless
-/// `KILN_REQUIRE_MODEL=1`, which turns a missing model into a failure.
+/// The real model, or `None` after a visible skip (see
+/// `kiln_loaders::paths::test_model`).
 pub fn test_model() -> Option<PathBuf> {
-    let path = match std::env::var_os("KILN_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("KILN_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let home = std::env::var_os("HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_default();
-                    home.join(".cache/kiln")
-                });
-            home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if path.is_file() {
-        return Some(path);
-    }
-    let require = std::env::var("KILN_REQUIRE_MODEL").is_ok_and(|v| v == "1");
-    assert!(
-        !require,
-        "KILN_REQUIRE_MODEL=1 but {} is missing",
-        path.display()
-    );
-    eprintln!(
-        "skipped: model not found, run scripts/fetch-model.sh ({})",
-        path.display()
-    );
-    None
+    kiln_loaders::paths::test_model("loader tests")
 }
 
 /// A fresh empty directory under the target's tmp dir.
