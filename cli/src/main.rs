@@ -26,6 +26,8 @@ enum Command {
     Tokenize(cmd::tokenize::Args),
     /// Generate text from a prompt.
     Run(cmd::run::Args),
+    /// Talk with a model through its chat template; Ctrl-D leaves.
+    Chat(cmd::chat::Args),
     /// The next-token logits after a prompt: argmax and top tokens.
     Logits(cmd::logits::Args),
     /// Perplexity of a text file, llama.cpp's method (`PPL = x +/- y`).
@@ -39,6 +41,7 @@ fn main() -> Result<()> {
         Command::Info(args) => cmd::info::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Chat(args) => cmd::chat::run(args),
         Command::Logits(args) => cmd::logits::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
     }

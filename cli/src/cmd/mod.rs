@@ -1,3 +1,4 @@
+pub mod chat;
 pub mod devices;
 pub mod info;
 pub mod logits;
