@@ -3,20 +3,17 @@
 //! `/reset` forgets the history.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use kiln::loaders::{EncodeOptions, Message};
 use kiln::{GenerateOptions, SamplerConfig};
 
-use super::run::{load_model, DeviceArg};
+use super::run::ModelArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .gguf model; defaults to SmolLM2-135M-Instruct Q4_1 fetched by
-    /// scripts/fetch-model.sh.
-    #[arg(short, long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    target: ModelArgs,
     /// A system message to start the conversation with.
     #[arg(long)]
     system: Option<String>,
@@ -29,15 +26,10 @@ pub struct Args {
     /// Same seed, same replies; random when unset.
     #[arg(long)]
     seed: Option<u64>,
-    /// Context length (KV cache positions); 0 = min(model's, 4096).
-    #[arg(long, default_value_t = 0)]
-    ctx: usize,
-    #[command(flatten)]
-    device: DeviceArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut model = load_model(args.model, &args.device, args.ctx)?;
+    let mut model = args.target.load()?;
     eprintln!(
         "kiln chat on {} — Ctrl-D to leave, /reset to start over",
         model.device_name()

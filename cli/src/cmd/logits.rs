@@ -2,18 +2,15 @@
 //! prompt: argmax and the top tokens with logit and log-probability, to
 //! compare with llama.cpp or the exact references.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 use kiln::loaders::{DecodeOptions, EncodeOptions};
 
-use crate::cmd::run::{load_model, DeviceArg};
+use crate::cmd::run::ModelArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .gguf model; defaults to the model scripts/fetch-model.sh fetches.
-    #[arg(short, long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    target: ModelArgs,
     /// The prompt, tokenized as `kiln tokenize` does (special tokens parsed).
     #[arg(short, long, allow_hyphen_values = true)]
     prompt: String,
@@ -23,15 +20,10 @@ pub struct Args {
     /// Print {"argmax": ID, "top": [{"id","logit","logprob"}...]}.
     #[arg(long)]
     json: bool,
-    /// Context length (KV cache positions); 0 = min(model's, 4096).
-    #[arg(long, default_value_t = 0)]
-    ctx: usize,
-    #[command(flatten)]
-    device: DeviceArg,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut model = load_model(args.model, &args.device, args.ctx)?;
+    let mut model = args.target.load()?;
     let ids = model
         .tokenizer()
         .encode(&args.prompt, EncodeOptions::default())?;

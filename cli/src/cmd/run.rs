@@ -10,10 +10,8 @@ use kiln::{Device, GenerateOptions, Model, ModelOptions, SamplerConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .gguf model; defaults to SmolLM2-135M-Instruct Q4_1 fetched by
-    /// scripts/fetch-model.sh.
-    #[arg(short, long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    target: ModelArgs,
     /// The prompt (or give it as the trailing words).
     #[arg(short, long)]
     prompt: Option<String>,
@@ -36,11 +34,6 @@ pub struct Args {
     /// Same seed, same output; random when unset.
     #[arg(long)]
     seed: Option<u64>,
-    /// Context length (KV cache positions); 0 = min(model's, 4096).
-    #[arg(long, default_value_t = 0)]
-    ctx: usize,
-    #[command(flatten)]
-    device: DeviceArg,
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -63,6 +56,27 @@ enum Format {
     Text,
     /// One {"id","text","logprob"} per token, then the stats.
     Jsonl,
+}
+
+/// Which model to load, where, and with how much context: shared by the
+/// commands that run one.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A .gguf model; defaults to SmolLM2-135M-Instruct Q4_1 fetched by
+    /// scripts/fetch-model.sh.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Context length (KV cache positions); 0 = min(model's, 4096).
+    #[arg(long, default_value_t = 0)]
+    ctx: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+impl ModelArgs {
+    pub fn load(self) -> Result<Model> {
+        load_model(self.model, &self.device, self.ctx)
+    }
 }
 
 /// `--device`, shared by the commands that run a model.
@@ -110,7 +124,7 @@ pub fn run(args: Args) -> Result<()> {
         (Some(_), false) => bail!("give the prompt either with -p or as trailing words, not both"),
         (None, true) => bail!("no prompt: kiln run -p \"...\" or kiln run \"...\""),
     };
-    let mut model = load_model(args.model, &args.device, args.ctx)?;
+    let mut model = args.target.load()?;
     let (text, encode) = if args.chat {
         // The template writes any BOS itself.
         let text = model.render_chat(&[Message::new("user", prompt)], true)?;
