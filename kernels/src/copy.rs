@@ -2,7 +2,6 @@
 //! shape): F32 -> F32, F32 -> F16 (round to nearest, as the WGSL spec's
 //! `pack2x16float` allows), F16 -> F32 (exact), F16 -> F16.
 
-use half::f16;
 use rayon::prelude::*;
 
 use crate::cases::{Dist, OpCase, Tolerance};
@@ -82,11 +81,7 @@ impl Op for Copy {
             }
             _ => {
                 // f32 -> f16 rounds to nearest even; f16 -> f32 -> f16 is exact.
-                let bytes: Vec<u8> = x
-                    .iter()
-                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                    .collect();
-                *out = CpuTensor::from_bytes(out.desc().clone(), bytes).map_err(|e| {
+                *out = CpuTensor::from_f32_as_f16(out.shape().to_vec(), &x).map_err(|e| {
                     check::shape_err(self.name(), &[inputs[0].desc().clone()], e.to_string())
                 })?;
             }
