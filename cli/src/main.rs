@@ -32,6 +32,12 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Perplexity of a text file, llama.cpp's method (`PPL = x +/- y`).
     Perplexity(cmd::perplexity::Args),
+    /// Fetch a model from the catalog (the default one if none is named).
+    Pull(cmd::pull::Args),
+    /// The models in $KILN_HOME/models, or with --catalog those kiln can pull.
+    List(cmd::list::Args),
+    /// Delete a model from $KILN_HOME/models.
+    Rm(cmd::rm::Args),
 }
 
 fn main() -> Result<()> {
@@ -44,5 +50,8 @@ fn main() -> Result<()> {
         Command::Chat(args) => cmd::chat::run(args),
         Command::Logits(args) => cmd::logits::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
+        Command::Pull(args) => cmd::pull::run(args),
+        Command::List(args) => cmd::list::run(args),
+        Command::Rm(args) => cmd::rm::run(args),
     }
 }

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod hub;
 pub mod metadata;
 pub mod paths;
 pub mod safetensors;
@@ -14,6 +15,7 @@ pub use chat::{BuiltinTemplate, ChatError, ChatTemplate, Message};
 pub use config::ModelConfig;
 pub use error::{ErrorKind, LoadError};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo};
+pub use hub::{Hub, HubError};
 pub use metadata::{Metadata, Value, ValueType};
 pub use safetensors::{SafetensorsFile, SafetensorsModel};
 pub use tokenizer::{

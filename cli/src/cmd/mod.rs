@@ -1,7 +1,10 @@
 pub mod chat;
 pub mod devices;
 pub mod info;
+pub mod list;
 pub mod logits;
 pub mod perplexity;
+pub mod pull;
+pub mod rm;
 pub mod run;
 pub mod tokenize;

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use kiln::loaders::{EncodeOptions, Message};
 use kiln::{Device, GenerateOptions, Model, ModelOptions, SamplerConfig};
+use kiln_loaders::hub::{Hub, DEFAULT_MODEL};
+
+use crate::cmd::pull::pull_model;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,8 +65,9 @@ enum Format {
 /// commands that run one.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// A .gguf model; defaults to SmolLM2-135M-Instruct Q4_1 fetched by
-    /// scripts/fetch-model.sh.
+    /// A .gguf file or a catalog name (`kiln list --catalog`); defaults to
+    /// SmolLM2-135M-Instruct Q4_1. A catalog model missing from
+    /// $KILN_HOME/models is pulled first.
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// Context length (KV cache positions); 0 = min(model's, 4096).
@@ -94,19 +98,33 @@ impl DeviceArg {
     }
 }
 
-/// The model path given, or the default model, with a hint when missing.
+/// The model to load: a path that exists, else a catalog name, else the
+/// default model; a catalog model not yet installed is pulled (progress on
+/// stderr).
 pub fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(path) = given {
+    let hub = Hub::from_env();
+    let name = match given {
+        Some(path) if path.exists() => return Ok(path),
+        Some(path) => {
+            let entry = path.to_str().and_then(|name| hub.find(name).ok());
+            let Some(entry) = entry else {
+                bail!(
+                    "{}: no such file, and not a model name in the catalog (`kiln list --catalog`)",
+                    path.display()
+                );
+            };
+            entry.name.clone()
+        }
+        None => DEFAULT_MODEL.to_string(),
+    };
+    if let Some(path) = hub.installed(&name)? {
         return Ok(path);
     }
-    let path = kiln_loaders::paths::default_model_path();
-    if !path.exists() {
-        bail!(
-            "no -m MODEL given and the default model {} is missing: run scripts/fetch-model.sh",
-            path.display()
-        );
-    }
-    Ok(path)
+    eprintln!(
+        "kiln: {name} is not in {}: pulling it",
+        hub.models_dir().display()
+    );
+    pull_model(&hub, &name)
 }
 
 /// Loads the model named by `-m` (or the default) on the chosen device.
