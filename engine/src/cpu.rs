@@ -7,7 +7,7 @@ use std::time::Instant;
 use kiln_kernels::CpuTensor;
 
 use crate::error::EngineError;
-use crate::executor::{match_feeds, Executor, Feed, Plan, Timing};
+use crate::executor::{match_feeds, Executor, Feed, OpTime, Plan, Timing};
 use crate::graph::{Graph, Liveness, NodeKind};
 use crate::tensor::Storage;
 
@@ -166,6 +166,13 @@ impl Plan for CpuPlan {
         Ok(Timing {
             device_s: None,
             wall_s,
+        })
+    }
+
+    fn profile(&mut self, _feeds: &[Feed<'_>]) -> Result<Vec<OpTime>, EngineError> {
+        Err(EngineError::Device {
+            device: "cpu".into(),
+            message: "per-op profiles need GPU timestamps".into(),
         })
     }
 }

@@ -28,6 +28,21 @@ pub trait Plan: Send {
     /// Runs the plan `iters` times back to back (one submission on the GPU)
     /// without reading outputs back, and reports the time per run.
     fn time(&mut self, feeds: &[Feed<'_>], iters: u32) -> Result<Timing, EngineError>;
+
+    /// Runs once with every dispatch timed on its own (GPU timestamps
+    /// around one pass per dispatch, so the sum exceeds a normal run by the
+    /// passes' barriers). Executors without timestamps say so in an error.
+    fn profile(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<OpTime>, EngineError>;
+}
+
+/// One dispatch's device time in a profiled run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTime {
+    /// The graph node, e.g. `blk.3.attn_q`.
+    pub node: String,
+    /// The kernel's cache key, e.g. `qmatmul.matvec.q4_0.mr1.sg`.
+    pub kernel: String,
+    pub seconds: f64,
 }
 
 /// Time per run of a plan.

@@ -15,7 +15,7 @@ pub mod testing;
 pub use cpu::CpuExecutor;
 pub use device::{AdapterReport, Device};
 pub use error::EngineError;
-pub use executor::{Executor, Feed, Plan, Timing};
+pub use executor::{Executor, Feed, OpTime, Plan, Timing};
 pub use gpu::{GpuContext, GpuExecutor};
 pub use graph::{Graph, NodeKind, TensorId};
 pub use kiln_kernels::{Caps, CpuTensor, DType, TensorDesc};

@@ -73,7 +73,13 @@ fn every_op_on_every_device_matches_the_cpu_reference() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let devices = devices("op tests");
-    let cases: Vec<OpCase> = kiln_kernels::OP_CASES.iter().flat_map(|f| f()).collect();
+    // KILN_OPS=QMatVec runs only the cases whose label contains it.
+    let only = std::env::var("KILN_OPS").unwrap_or_default();
+    let cases: Vec<OpCase> = kiln_kernels::OP_CASES
+        .iter()
+        .flat_map(|f| f())
+        .filter(|c| c.label.contains(&only))
+        .collect();
     assert!(!cases.is_empty(), "no op cases registered");
     let mut failures = Vec::new();
     let mut ran = 0;

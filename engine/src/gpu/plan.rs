@@ -8,7 +8,7 @@ use std::time::Instant;
 use kiln_kernels::{CpuTensor, TensorDesc};
 
 use crate::error::EngineError;
-use crate::executor::{match_feeds, Feed, Plan, Timing};
+use crate::executor::{match_feeds, Feed, OpTime, Plan, Timing};
 use crate::graph::{Graph, NodeKind};
 use crate::tensor::Storage;
 
@@ -19,6 +19,7 @@ use super::{gpu_layout, write_padded, GpuContext, STORAGE};
 /// One dispatch.
 struct Step {
     node: usize,
+    key: String,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
@@ -212,6 +213,7 @@ impl GpuPlan {
             }
             steps.push(Step {
                 node: i,
+                key: kernel.key.clone(),
                 pipeline,
                 bind_group,
                 workgroups: kernel.workgroups,
@@ -394,6 +396,70 @@ impl Plan for GpuPlan {
         };
         let wall_s = start.elapsed().as_secs_f64() / f64::from(iters);
         Ok(Timing { device_s, wall_s })
+    }
+
+    fn profile(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<OpTime>, EngineError> {
+        self.profile_steps(feeds)
+    }
+}
+
+impl GpuPlan {
+    /// [`Plan::profile`]: one pass per dispatch with timestamps at its
+    /// beginning and end, in one submission, at most `MAX_PROFILED` steps.
+    fn profile_steps(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<OpTime>, EngineError> {
+        const MAX_PROFILED: usize = 2048;
+        if !self.ctx.has_timestamps() {
+            return Err(EngineError::Device {
+                device: self.ctx.name().to_string(),
+                message: "this adapter has no timestamp queries".into(),
+            });
+        }
+        let steps = &self.steps[..self.steps.len().min(MAX_PROFILED)];
+        let count = (2 * steps.len()).max(2) as u32;
+        let bytes = u64::from(count) * 8;
+        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kiln profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolve = self.ctx.create_buffer(
+            "profile resolve",
+            bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let staging = self.ctx.create_buffer(
+            "profile readback",
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        self.write_feeds(feeds)?;
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        for (i, step) in steps.iter().enumerate() {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("profiled"),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            self.encode_steps(&mut pass, std::slice::from_ref(step));
+        }
+        encoder.resolve_query_set(&queries, 0..count, &resolve, 0);
+        encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+        self.ctx.queue.submit([encoder.finish()]);
+        let raw = read_buffers(&self.ctx, &[(&staging, bytes)])?.remove(0);
+        let ticks: &[u64] = bytemuck::cast_slice(&raw);
+        let period_s = f64::from(self.ctx.queue.get_timestamp_period()) * 1e-9;
+        Ok(steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| OpTime {
+                node: self.graph.nodes()[step.node].name.clone(),
+                kernel: step.key.clone(),
+                seconds: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s,
+            })
+            .collect())
     }
 }
 
