@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_engine::{Device, EngineError, Executor, Plan};
+use kiln_engine::{Device, EngineError, Executor, OpTime, Plan};
 use kiln_loaders::{
-    BuiltinTemplate, ChatError, ChatTemplate, GgufFile, LoadError, Message, Tokenizer,
-    TokenizerError,
+    BuiltinTemplate, ChatError, ChatTemplate, GgufFile, LoadError, Message, ModelConfig,
+    SafetensorsModel, Tokenizer, TokenizerError,
 };
+use kiln_models::llama::names;
 use kiln_models::{
     Caches, ForwardGraph, ForwardInputs, LlamaConfig, LlamaWeights, LogitsMode, ModelError,
+    TensorNames,
 };
 
 use crate::sampler::SamplerError;
@@ -57,6 +59,8 @@ pub enum Error {
     BadContext { ctx: usize, why: &'static str },
     #[error("the forward pass returned {got} logits, expected {expected}")]
     BadOutput { got: usize, expected: usize },
+    #[error("could not start the generation thread: {0}")]
+    Worker(String),
 }
 
 impl From<LoadError> for Error {
@@ -116,22 +120,104 @@ struct Compiled {
     plan: Box<dyn Plan>,
 }
 
+/// A model on disk: its hyperparameters, tokenizer, and how to get its
+/// weights onto a device.
+enum Source {
+    Gguf(GgufFile),
+    /// An HF checkpoint; `tied` is `config.json`'s `tie_word_embeddings`.
+    Hf {
+        weights: SafetensorsModel,
+        tied: bool,
+    },
+}
+
+impl Source {
+    /// Opens `path`: an HF checkpoint when [`hf_dir`] finds one, else GGUF.
+    fn open(path: &Path) -> Result<(Source, LlamaConfig, Tokenizer), Error> {
+        let in_file = |source| Error::Model {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        };
+        if let Some(dir) = hf_dir(path) {
+            let hf = ModelConfig::open(dir.join("config.json"))?;
+            let config = LlamaConfig::from_model_config(&hf).map_err(in_file)?;
+            let tokenizer = Tokenizer::from_json_file(dir.join("tokenizer.json"))?;
+            let weights = SafetensorsModel::open(dir)?;
+            let tied = hf.tie_word_embeddings;
+            return Ok((Source::Hf { weights, tied }, config, tokenizer));
+        }
+        let file = GgufFile::open(path)?;
+        let config = LlamaConfig::from_metadata(file.metadata()).map_err(in_file)?;
+        let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+        Ok((Source::Gguf(file), config, tokenizer))
+    }
+
+    /// Checks the weights against `config` and uploads them.
+    fn weights(&self, config: &LlamaConfig, device: &Device) -> Result<LlamaWeights, Error> {
+        match self {
+            Source::Gguf(file) => Ok(LlamaWeights::load(&file.weights(), config, device)?),
+            Source::Hf { weights, tied } => {
+                let map = weights.weights()?;
+                let naming = TensorNames::HuggingFace;
+                // HF ties by a flag, GGUF by absence: no lm_head without the
+                // flag is a missing tensor, not a tie.
+                let lm_head = naming.file_name(names::OUTPUT);
+                if !tied && !map.contains(&lm_head) {
+                    return Err(ModelError::MissingTensor { name: lm_head }.into());
+                }
+                Ok(LlamaWeights::load_named(&map, config, naming, device)?)
+            }
+        }
+    }
+}
+
+/// The checkpoint directory when `path` is an HF checkpoint: a directory
+/// (holding `config.json`, `tokenizer.json` and the safetensors), or a
+/// `.safetensors` or `.json` file inside one. GGUF otherwise.
+fn hf_dir(path: &Path) -> Option<&Path> {
+    if path.is_dir() {
+        return Some(path);
+    }
+    let ext = path.extension()?;
+    if ext != "safetensors" && ext != "json" {
+        return None;
+    }
+    Some(match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    })
+}
+
 impl Model {
-    /// Opens a GGUF file, checks and uploads its weights to `device`, and
-    /// allocates the KV cache.
+    /// Opens a model, checks and uploads its weights to `device`, and
+    /// allocates the KV cache. `path` is a GGUF file, or an HF checkpoint:
+    /// a directory (or a `.safetensors`/`.json` file in it) with
+    /// `config.json`, the weights in `model.safetensors` or in the shards
+    /// `model.safetensors.index.json` lists (F32, F16 or BF16; matrices are
+    /// stored as F16 on the device), `tokenizer.json`, and optionally
+    /// `tokenizer_config.json` (special tokens, chat template).
+    ///
+    /// HF keeps LLaMA's q and k rows in the order its `rotate_half` rope
+    /// pairs them, where GGUF files hold them permuted for normal rope
+    /// (llama.cpp's converter does it). kiln keeps the HF order and runs
+    /// such models with neox rope, which pairs the same dimensions: one
+    /// graph, no reshuffling at load (`LlamaConfig::from_model_config`).
     pub fn load(
         path: impl AsRef<Path>,
         device: &Device,
         options: ModelOptions,
     ) -> Result<Model, Error> {
         let path = path.as_ref();
-        let in_file = |source| Error::Model {
-            path: path.display().to_string(),
-            source: Box::new(source),
+        // A model error while loading (`From<ModelError>` gives `Forward`)
+        // names the file.
+        let in_file = |e: Error| match e {
+            Error::Forward(source) => Error::Model {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
         };
-        let file = GgufFile::open(path)?;
-        let config = LlamaConfig::from_metadata(file.metadata()).map_err(in_file)?;
-        let tokenizer = Tokenizer::from_gguf(file.metadata())?;
+        let (source, config, tokenizer) = Source::open(path)?;
         let ctx = match options.ctx {
             0 => config.n_ctx_train.clamp(1, DEFAULT_CTX),
             n => n,
@@ -142,8 +228,8 @@ impl Model {
                 why: "positions are i32 on the device",
             });
         }
-        let weights = LlamaWeights::load(&file.weights(), &config, device).map_err(in_file)?;
-        let caches = Caches::new(&config, ctx, device).map_err(in_file)?;
+        let weights = source.weights(&config, device).map_err(in_file)?;
+        let caches = Caches::new(&config, ctx, device).map_err(|e| in_file(e.into()))?;
         let chat = ChatTemplate::for_tokenizer(&tokenizer, BuiltinTemplate::ChatMl)
             .map_err(|e| e.to_string());
         Ok(Model {
@@ -202,21 +288,29 @@ impl Model {
         self.run(tokens, pos, LogitsMode::All)
     }
 
-    fn run(&mut self, tokens: &[u32], pos: usize, mode: LogitsMode) -> Result<Vec<f32>, Error> {
+    /// Device time of every dispatch of one forward over `tokens` at
+    /// `pos` (last-position logits), in graph order (GPU only).
+    pub fn profile(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<OpTime>, Error> {
         self.check(tokens, pos)?;
-        let key = (tokens.len(), mode);
+        let compiled = self.compiled(tokens.len(), LogitsMode::Last)?;
+        let inputs = ForwardInputs::new(tokens, pos)?;
+        Ok(compiled.plan.profile(&compiled.graph.feeds(&inputs))?)
+    }
+
+    /// The plan for `n` tokens, compiled on first use.
+    fn compiled(&mut self, n: usize, mode: LogitsMode) -> Result<&mut Compiled, Error> {
+        let key = (n, mode);
         if !self.plans.contains_key(&key) {
-            let graph = ForwardGraph::build(
-                &self.config,
-                &self.weights,
-                &self.caches,
-                tokens.len(),
-                mode,
-            )?;
+            let graph = ForwardGraph::build(&self.config, &self.weights, &self.caches, n, mode)?;
             let plan = self.executor.compile(&graph.graph)?;
             self.plans.insert(key, Compiled { graph, plan });
         }
-        let compiled = self.plans.get_mut(&key).ok_or(Error::Empty)?;
+        self.plans.get_mut(&key).ok_or(Error::Empty)
+    }
+
+    fn run(&mut self, tokens: &[u32], pos: usize, mode: LogitsMode) -> Result<Vec<f32>, Error> {
+        self.check(tokens, pos)?;
+        let compiled = self.compiled(tokens.len(), mode)?;
         let inputs = ForwardInputs::new(tokens, pos)?;
         let mut out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
         let rows = if mode == LogitsMode::Last {

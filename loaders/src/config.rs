@@ -33,10 +33,23 @@ pub struct ModelConfig {
     pub vocab_size: u64,
     pub max_position_embeddings: u64,
     pub tie_word_embeddings: bool,
+    /// The attention window, unless `use_sliding_window` is false (Qwen2
+    /// configs state a window they do not use).
     pub sliding_window: Option<u64>,
+    /// `rope_scaling`: its `rope_type` (or older `type`) and `factor`, when
+    /// set to anything but the default rope.
+    pub rope_scaling: Option<RopeScaling>,
     pub bos_token_id: Option<u64>,
     /// Some configs list several end-of-sequence ids.
     pub eos_token_ids: Vec<u64>,
+}
+
+/// HF's `rope_scaling` object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeScaling {
+    /// `linear`, `dynamic`, `yarn`, `llama3`, ...
+    pub kind: String,
+    pub factor: Option<f64>,
 }
 
 /// The raw JSON fields we read; everything optional so a missing one is a
@@ -57,6 +70,8 @@ struct RawConfig {
     max_position_embeddings: Option<u64>,
     tie_word_embeddings: Option<bool>,
     sliding_window: Option<Json>,
+    use_sliding_window: Option<bool>,
+    rope_scaling: Option<Json>,
     bos_token_id: Option<Json>,
     eos_token_id: Option<Json>,
 }
@@ -94,7 +109,25 @@ impl ModelConfig {
             (None, None) => return Err(LoadError::new(ErrorKind::MissingConfig("model_type"))),
         };
         let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let sliding_window = raw.sliding_window.as_ref().and_then(Json::as_u64);
+        let sliding_window = raw
+            .sliding_window
+            .as_ref()
+            .and_then(Json::as_u64)
+            .filter(|_| raw.use_sliding_window != Some(false));
+        let rope_scaling = match &raw.rope_scaling {
+            None | Some(Json::Null) => None,
+            Some(v) => {
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("unknown");
+                (kind != "default").then(|| RopeScaling {
+                    kind: kind.to_string(),
+                    factor: v.get("factor").and_then(Json::as_f64),
+                })
+            }
+        };
         Ok(ModelConfig {
             architecture: gguf_arch(&model_type).to_string(),
             hf_class,
@@ -110,6 +143,7 @@ impl ModelConfig {
             max_position_embeddings: need(raw.max_position_embeddings, "max_position_embeddings")?,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             sliding_window,
+            rope_scaling,
             bos_token_id: raw.bos_token_id.as_ref().and_then(Json::as_u64),
             eos_token_ids: match raw.eos_token_id {
                 Some(Json::Array(ids)) => ids.iter().filter_map(Json::as_u64).collect(),
@@ -173,6 +207,15 @@ impl ModelConfig {
         }
         if let Some(w) = self.sliding_window {
             md.insert(format!("{arch}.attention.sliding_window"), u32_of(w));
+        }
+        if let Some(r) = &self.rope_scaling {
+            md.insert(
+                format!("{arch}.rope.scaling.type"),
+                Value::String(r.kind.clone()),
+            );
+            if let Some(f) = r.factor {
+                md.insert(format!("{arch}.rope.scaling.factor"), Value::F32(f as f32));
+            }
         }
         if let Some(id) = self.bos_token_id {
             md.insert("tokenizer.ggml.bos_token_id", u32_of(id));

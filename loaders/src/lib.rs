@@ -12,7 +12,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use chat::{BuiltinTemplate, ChatError, ChatTemplate, Message};
-pub use config::ModelConfig;
+pub use config::{ModelConfig, RopeScaling};
 pub use error::{ErrorKind, LoadError};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo};
 pub use hub::{Hub, HubError};

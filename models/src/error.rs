@@ -31,6 +31,19 @@ pub enum ModelError {
         dtype: DType,
         what: &'static str,
     },
+    #[error(
+        "tensor `{name}` is not used by kiln's {arch}: the model needs something kiln \
+         does not run, and running without it would give wrong results"
+    )]
+    UnusedTensor { name: String, arch: &'static str },
+    #[error("tensor `{name}` cannot be stored as {to} for the device: {why}")]
+    Convert {
+        name: String,
+        to: DType,
+        why: String,
+    },
+    #[error("cannot allocate {bytes} bytes for {what}; ask for a smaller context")]
+    Alloc { what: String, bytes: u128 },
     #[error("tensor `{name}` {desc:?}: {source}")]
     TensorData {
         name: String,

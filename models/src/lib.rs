@@ -7,6 +7,9 @@
 
 pub mod error;
 pub mod llama;
+pub mod testing;
 
 pub use error::ModelError;
-pub use llama::{Arch, Caches, ForwardGraph, ForwardInputs, LlamaConfig, LlamaWeights, LogitsMode};
+pub use llama::{
+    Arch, Caches, ForwardGraph, ForwardInputs, LlamaConfig, LlamaWeights, LogitsMode, TensorNames,
+};

@@ -82,8 +82,9 @@ impl LlamaConfig {
             meta,
             arch: arch_name,
         };
-        let n_embd = keys.count("embedding_length")?;
-        let n_head = keys.count("attention.head_count")?;
+        // Zero sizes would divide by zero below or build empty tensors.
+        let n_embd = keys.positive("embedding_length")?;
+        let n_head = keys.positive("attention.head_count")?;
         let n_head_kv = keys.opt_count("attention.head_count_kv")?.unwrap_or(n_head);
         if n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(keys.bad(
@@ -92,6 +93,7 @@ impl LlamaConfig {
             ));
         }
         let head_dim = match keys.opt_count("attention.key_length")? {
+            Some(0) => return Err(keys.bad("attention.key_length", "must be positive".into())),
             Some(d) => d,
             None if n_embd % n_head == 0 => n_embd / n_head,
             None => {
@@ -101,11 +103,17 @@ impl LlamaConfig {
                 ))
             }
         };
+        if n_head.checked_mul(head_dim).is_none() {
+            return Err(keys.bad(
+                "attention.key_length",
+                format!("{n_head} heads of {head_dim} overflow"),
+            ));
+        }
         let n_dims = keys.opt_count("rope.dimension_count")?.unwrap_or(head_dim);
-        if n_dims % 2 != 0 || n_dims > head_dim {
+        if n_dims == 0 || n_dims % 2 != 0 || n_dims > head_dim {
             return Err(keys.bad(
                 "rope.dimension_count",
-                format!("{n_dims} must be even and at most {head_dim}"),
+                format!("{n_dims} must be even, positive and at most {head_dim}"),
             ));
         }
         let rope = RopeConfig {
@@ -125,9 +133,9 @@ impl LlamaConfig {
         let sliding_window = keys.opt_count("attention.sliding_window")?.unwrap_or(0);
         let config = LlamaConfig {
             arch,
-            n_layer: keys.count("block_count")?,
+            n_layer: keys.positive("block_count")?,
             n_embd,
-            n_ff: keys.count("feed_forward_length")?,
+            n_ff: keys.positive("feed_forward_length")?,
             n_head,
             n_head_kv,
             head_dim,
@@ -141,18 +149,15 @@ impl LlamaConfig {
                 )
             })?,
             qkv_bias: arch == Arch::Qwen2,
-            vocab_size: keys
-                .opt_count("vocab_size")?
-                .or_else(|| meta.get_array("tokenizer.ggml.tokens").map(<[Value]>::len)),
+            vocab_size: match keys.opt_count("vocab_size")? {
+                Some(0) => return Err(keys.bad("vocab_size", "must be positive".into())),
+                Some(n) => Some(n),
+                None => meta
+                    .get_array("tokenizer.ggml.tokens")
+                    .map(<[Value]>::len)
+                    .filter(|&n| n > 0),
+            },
         };
-        for (key, v) in [
-            ("block_count", config.n_layer),
-            ("feed_forward_length", config.n_ff),
-        ] {
-            if v == 0 {
-                return Err(keys.bad(key, "must be positive".into()));
-            }
-        }
         Ok(config)
     }
 
@@ -225,6 +230,14 @@ impl Keys<'_> {
             .ok_or_else(|| ModelError::MissingKey {
                 key: self.key(suffix),
             })
+    }
+
+    /// A count that must be present and non-zero.
+    fn positive(&self, suffix: &str) -> Result<usize, ModelError> {
+        match self.count(suffix)? {
+            0 => Err(self.bad(suffix, "must be positive".into())),
+            n => Ok(n),
+        }
     }
 
     fn opt_float(&self, suffix: &str) -> Result<Option<f32>, ModelError> {
@@ -321,6 +334,37 @@ mod tests {
         );
     }
 
+    fn hf(extra: &str) -> Result<LlamaConfig, ModelError> {
+        let json = format!(
+            r#"{{"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+            "vocab_size": 100, "max_position_embeddings": 256{extra}}}"#
+        );
+        LlamaConfig::from_model_config(&ModelConfig::from_json(json.as_bytes()).expect("json"))
+    }
+
+    #[test]
+    fn hf_configs() {
+        let c = hf("").expect("valid");
+        assert_eq!(
+            (c.arch, c.rope.mode, c.qkv_bias),
+            (Arch::Qwen2, RopeMode::Neox, true)
+        );
+        // Qwen2 states a window it does not use.
+        let c = hf(r#", "sliding_window": 32, "use_sliding_window": false"#).expect("valid");
+        assert_eq!(c.sliding_window, 0);
+        let c = hf(r#", "sliding_window": 32, "use_sliding_window": true"#).expect("valid");
+        assert_eq!(c.sliding_window, 32);
+        let c = hf(r#", "rope_scaling": {"type": "linear", "factor": 2.0}"#).expect("valid");
+        assert_eq!(c.rope.freq_scale, 0.5);
+        let c = hf(r#", "rope_scaling": {"rope_type": "default"}"#).expect("valid");
+        assert_eq!(c.rope.freq_scale, 1.0);
+        // Llama 3.1's scaling changes every frequency: refused, not ignored.
+        let err = hf(r#", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#)
+            .expect_err("llama3 scaling");
+        assert!(err.to_string().contains("llama3"), "{err}");
+    }
+
     #[test]
     fn errors_name_the_key() {
         let mut m = smol();
@@ -342,6 +386,27 @@ mod tests {
             LlamaConfig::from_metadata(&m),
             Err(ModelError::MissingKey { .. })
         ));
+        // Zero sizes are errors naming the key, never a division by zero.
+        for key in [
+            "block_count",
+            "embedding_length",
+            "feed_forward_length",
+            "attention.head_count",
+            "attention.head_count_kv",
+            "attention.key_length",
+            "rope.dimension_count",
+            "vocab_size",
+        ] {
+            let mut m = smol();
+            m.insert(format!("llama.{key}"), Value::U32(0));
+            let err = LlamaConfig::from_metadata(&m).expect_err(key);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let mut m = smol();
+        m.insert("llama.attention.head_count", Value::U64(1 << 40));
+        m.insert("llama.attention.head_count_kv", Value::U64(1 << 40));
+        m.insert("llama.attention.key_length", Value::U64(1 << 40));
+        assert!(LlamaConfig::from_metadata(&m).is_err());
         let mut m = smol();
         m.insert("llama.rope.scaling.type", Value::String("yarn".into()));
         assert!(LlamaConfig::from_metadata(&m).is_err());

@@ -29,14 +29,32 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Zeroed caches for `ctx` positions.
+    /// Zeroed caches for `ctx` positions. An absurd `ctx` is an error, not
+    /// an abort: the host copy is allocated fallibly (with Linux's default
+    /// overcommit, a request beyond RAM + swap fails there).
     pub fn new(config: &LlamaConfig, ctx: usize, device: &Device) -> Result<Caches, ModelError> {
-        let desc = TensorDesc::f32([ctx, config.n_head_kv, config.head_dim]);
-        let zeros = CpuTensor::zeros(&desc).map_err(|source| ModelError::TensorData {
-            name: "kv cache".into(),
-            desc: desc.clone(),
-            source,
-        })?;
+        let shape = [ctx, config.n_head_kv, config.head_dim];
+        let too_big = || ModelError::Alloc {
+            what: format!(
+                "a {ctx}-position KV cache ({} layers × 2 × {shape:?} F32)",
+                config.n_layer
+            ),
+            bytes: 8 * config.n_layer as u128 * shape.iter().map(|&d| d as u128).product::<u128>(),
+        };
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|n| n.checked_mul(4).is_some())
+            .ok_or_else(too_big)?;
+        let mut values = Vec::new();
+        values.try_reserve_exact(numel).map_err(|_| too_big())?;
+        values.resize(numel, 0f32);
+        let zeros =
+            CpuTensor::from_f32(shape, values).map_err(|source| ModelError::TensorData {
+                name: "kv cache".into(),
+                desc: TensorDesc::f32(shape),
+                source,
+            })?;
         let upload = |i: usize, which: &str| {
             device.upload(&zeros).map_err(|source| ModelError::Upload {
                 name: format!("cache_{which}.{i}"),

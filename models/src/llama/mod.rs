@@ -10,7 +10,7 @@ pub mod weights;
 
 pub use config::{Arch, LlamaConfig, RopeConfig};
 pub use graph::{Caches, ForwardGraph, ForwardInputs, LogitsMode};
-pub use weights::{names, LayerWeights, LlamaWeights};
+pub use weights::{names, LayerWeights, LlamaWeights, TensorNames};
 
 #[cfg(test)]
 mod tests;

@@ -40,10 +40,16 @@ enum Break {
     None,
     Omit(&'static str),
     Shape(&'static str),
-    F32(&'static str),
+    DType(&'static str, DType),
 }
 
 fn tiny(arch: &str, brk: Break) -> GgufFile {
+    let w = tiny_writer(arch, brk);
+    GgufFile::from_bytes(w.to_bytes().expect("writes"), format!("tiny-{arch}.gguf"))
+        .expect("parses")
+}
+
+fn tiny_writer(arch: &str, brk: Break) -> GgufWriter {
     let mut w = GgufWriter::new();
     let a = |k: &str| format!("{arch}.{k}");
     w.add("general.architecture", Value::String(arch.into()))
@@ -68,7 +74,7 @@ fn tiny(arch: &str, brk: Break) -> GgufFile {
         let (dtype, shape) = match brk {
             Break::Omit(n) if n == name => return,
             Break::Shape(n) if n == name => (dtype, vec![shape[0] * 2, shape[1]]),
-            Break::F32(n) if n == name => (DType::F32, shape),
+            Break::DType(n, dtype) if n == name => (dtype, shape),
             _ => (dtype, shape),
         };
         let v: Vec<f32> = values(seed, shape.iter().product(), scale)
@@ -130,8 +136,7 @@ fn tiny(arch: &str, brk: Break) -> GgufFile {
         add(b("ffn_up.weight"), DType::Q5_1, vec![FF, D], 0.3, 0.0);
         add(b("ffn_down.weight"), DType::Q8_0, vec![D, FF], 0.3, 0.0);
     }
-    GgufFile::from_bytes(w.to_bytes().expect("writes"), format!("tiny-{arch}.gguf"))
-        .expect("parses")
+    w
 }
 
 fn load(file: &GgufFile, device: &Device) -> Result<(LlamaConfig, LlamaWeights), ModelError> {
@@ -179,11 +184,20 @@ fn weight_table_errors_name_the_tensor() {
         matches!(&err, ModelError::TensorShape { name, .. } if name == "blk.0.attn_k.weight"),
         "{err}"
     );
-    let err = load(&tiny("llama", Break::F32("blk.0.attn_q.weight")), &device).expect_err("dtype");
+    let q = "blk.0.attn_q.weight";
+    let err = load(&tiny("llama", Break::DType(q, DType::Q8_1)), &device).expect_err("dtype");
     assert!(
-        matches!(&err, ModelError::TensorDType { name, .. } if name == "blk.0.attn_q.weight"),
+        matches!(&err, ModelError::TensorDType { name, dtype: DType::Q8_1, .. } if name == q),
         "{err}"
     );
+    // F32 and BF16 matrices are stored as F16, F16 norms as F32.
+    let norm = "blk.1.ffn_norm.weight";
+    for dtype in [DType::F32, DType::BF16] {
+        let (_, w) = load(&tiny("llama", Break::DType(q, dtype)), &device).expect("converted");
+        assert_eq!(w.layers[0].wq.desc().dtype, DType::F16);
+    }
+    let (_, w) = load(&tiny("llama", Break::DType(norm, DType::F16)), &device).expect("converted");
+    assert_eq!(w.layers[1].ffn_norm.desc().dtype, DType::F32);
     let err = load(&tiny("qwen2", Break::Omit("blk.0.attn_v.bias")), &device).expect_err("bias");
     assert!(
         matches!(&err, ModelError::MissingTensor { name } if name == "blk.0.attn_v.bias"),
@@ -191,6 +205,17 @@ fn weight_table_errors_name_the_tensor() {
     );
     let (_, w) = load(&tiny("llama", Break::None), &device).expect("loads");
     assert!(w.tied);
+    // A tensor the forward does not use means a feature kiln lacks.
+    let mut file = tiny_writer("llama", Break::None);
+    file.add_tensor("rope_freqs.weight", DType::F32, &[HD / 2], vec![0; HD * 2])
+        .expect("tensor");
+    let file =
+        GgufFile::from_bytes(file.to_bytes().expect("writes"), "rope_freqs.gguf").expect("parses");
+    let err = load(&file, &device).expect_err("unused");
+    assert!(
+        matches!(&err, ModelError::UnusedTensor { name, .. } if name == "rope_freqs.weight"),
+        "{err}"
+    );
 }
 
 #[test]

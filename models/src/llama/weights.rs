@@ -1,16 +1,19 @@
 //! The LLaMA weight table: GGUF tensor names (llama.cpp's `llama-arch.cpp`
-//! `LLM_TENSOR_NAMES`), their expected shapes (kiln order `[N, K]`: out
-//! features, in features), and the upload of each to the device, once.
+//! `LLM_TENSOR_NAMES`) and their HF transformers twins, their expected
+//! shapes (kiln order `[N, K]`: out features, in features), and the upload
+//! of each to the device, once, in a dtype the kernels read.
+
+use std::collections::HashSet;
 
 use kiln_engine::{Device, DeviceTensor};
 use kiln_kernels::qmatmul::WEIGHT_DTYPES;
-use kiln_kernels::{DType, TensorDesc};
-use kiln_loaders::WeightMap;
+use kiln_kernels::{quant, CpuTensor, DType, TensorDesc};
+use kiln_loaders::{Weight, WeightMap};
 
 use crate::error::ModelError;
 use crate::llama::config::LlamaConfig;
 
-/// GGUF tensor names.
+/// Tensor names: GGUF's, and the table mapping them to HF's.
 pub mod names {
     pub const TOKEN_EMBD: &str = "token_embd.weight";
     pub const OUTPUT_NORM: &str = "output_norm.weight";
@@ -20,6 +23,71 @@ pub mod names {
     /// `blk.{i}.{what}`, e.g. `blk(3, "attn_q.weight")`.
     pub fn blk(i: usize, what: &str) -> String {
         format!("blk.{i}.{what}")
+    }
+
+    /// GGUF → HF (`LlamaForCausalLM`, `Qwen2ForCausalLM`, ...) names of the
+    /// tensors outside the blocks, as llama.cpp's `convert_hf_to_gguf.py`
+    /// (gguf-py `tensor_mapping.py`) maps them.
+    const HF_GLOBAL: [(&str, &str); 3] = [
+        (TOKEN_EMBD, "model.embed_tokens.weight"),
+        (OUTPUT_NORM, "model.norm.weight"),
+        (OUTPUT, "lm_head.weight"),
+    ];
+
+    /// The same inside block `i`: `blk.{i}.{gguf}` ↔ `model.layers.{i}.{hf}`.
+    const HF_BLOCK: [(&str, &str); 12] = [
+        ("attn_norm.weight", "input_layernorm.weight"),
+        ("attn_q.weight", "self_attn.q_proj.weight"),
+        ("attn_k.weight", "self_attn.k_proj.weight"),
+        ("attn_v.weight", "self_attn.v_proj.weight"),
+        ("attn_q.bias", "self_attn.q_proj.bias"),
+        ("attn_k.bias", "self_attn.k_proj.bias"),
+        ("attn_v.bias", "self_attn.v_proj.bias"),
+        ("attn_output.weight", "self_attn.o_proj.weight"),
+        ("ffn_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_gate.weight", "mlp.gate_proj.weight"),
+        ("ffn_up.weight", "mlp.up_proj.weight"),
+        ("ffn_down.weight", "mlp.down_proj.weight"),
+    ];
+
+    /// The HF name of a GGUF name, e.g. `blk.3.attn_q.weight` →
+    /// `model.layers.3.self_attn.q_proj.weight`; `None` for names not in
+    /// the table.
+    pub fn hf(gguf: &str) -> Option<String> {
+        if let Some((_, hf)) = HF_GLOBAL.iter().find(|(g, _)| *g == gguf) {
+            return Some((*hf).to_string());
+        }
+        let (i, what) = gguf.strip_prefix("blk.")?.split_once('.')?;
+        let i: usize = i.parse().ok()?;
+        let (_, hf) = HF_BLOCK.iter().find(|(g, _)| *g == what)?;
+        Some(format!("model.layers.{i}.{hf}"))
+    }
+
+    /// Tensors a file may hold that the forward rightly ignores: rope
+    /// frequencies recomputed from the metadata (old GGUF conversions and
+    /// HF checkpoints saved them). Anything else unused is an error.
+    pub fn ignorable(name: &str) -> bool {
+        name.ends_with(".attn_rot_embd") || name.ends_with(".rotary_emb.inv_freq")
+    }
+}
+
+/// Which naming a weight map uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorNames {
+    /// llama.cpp's GGUF names (`blk.3.attn_q.weight`).
+    Gguf,
+    /// HF transformers' state-dict names
+    /// (`model.layers.3.self_attn.q_proj.weight`), as in safetensors.
+    HuggingFace,
+}
+
+impl TensorNames {
+    /// The name in the file of the tensor GGUF calls `gguf`.
+    pub fn file_name(self, gguf: &str) -> String {
+        match self {
+            TensorNames::Gguf => gguf.to_string(),
+            TensorNames::HuggingFace => names::hf(gguf).unwrap_or_else(|| gguf.to_string()),
+        }
     }
 }
 
@@ -59,34 +127,53 @@ pub struct LlamaWeights {
 }
 
 impl LlamaWeights {
-    /// Checks each tensor's presence, dtype and shape against `config` and
-    /// uploads it, once; the first bad tensor is the error.
+    /// [`LlamaWeights::load_named`] for a GGUF file's map.
     pub fn load(
         map: &WeightMap,
         config: &LlamaConfig,
         device: &Device,
     ) -> Result<LlamaWeights, ModelError> {
+        LlamaWeights::load_named(map, config, TensorNames::Gguf, device)
+    }
+
+    /// Checks each tensor's presence, dtype and shape against `config` and
+    /// uploads it, once; the first bad tensor is the error, named as the
+    /// file names it. A tensor the forward would not use is an error too
+    /// (as in llama.cpp): it means a feature kiln lacks, e.g. Llama 3.1's
+    /// `rope_freqs.weight`, and ignoring it would give wrong logits.
+    pub fn load_named(
+        map: &WeightMap,
+        config: &LlamaConfig,
+        naming: TensorNames,
+        device: &Device,
+    ) -> Result<LlamaWeights, ModelError> {
+        let table = Table {
+            map,
+            device,
+            naming,
+            used: Default::default(),
+        };
+        let embd_name = naming.file_name(names::TOKEN_EMBD);
         let embd = map
-            .get(names::TOKEN_EMBD)
+            .get(&embd_name)
             .ok_or_else(|| ModelError::MissingTensor {
-                name: names::TOKEN_EMBD.into(),
+                name: embd_name.clone(),
             })?;
         let vocab = match (embd.shape(), config.vocab_size) {
-            ([v, _], None) => *v,
+            ([v, _], None) if *v > 0 => *v,
             (_, Some(v)) => v,
             (got, None) => {
                 return Err(ModelError::TensorShape {
-                    name: names::TOKEN_EMBD.into(),
+                    name: embd_name,
                     expected: vec![0, config.n_embd],
                     got: got.to_vec(),
                 })
             }
         };
-        let table = Table { map, device };
         let (d, q, kv, ff) = (config.n_embd, config.q_dim(), config.kv_dim(), config.n_ff);
         let token_embd = table.get(names::TOKEN_EMBD, &[vocab, d], Kind::Embedding)?;
         let output_norm = table.get(names::OUTPUT_NORM, &[d], Kind::Norm)?;
-        let tied = !map.contains(names::OUTPUT);
+        let tied = !map.contains(&naming.file_name(names::OUTPUT));
         let output = if tied {
             token_embd.clone()
         } else {
@@ -120,6 +207,7 @@ impl LlamaWeights {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
+        table.check_all_used(config)?;
         Ok(LlamaWeights {
             token_embd,
             layers,
@@ -147,20 +235,38 @@ enum Kind {
     Bias,
 }
 
+/// The largest finite F16 is 65504; from 65520 on, f32 → f16 rounds to ∞.
+const F16_OVERFLOW: f32 = 65520.0;
+
 impl Kind {
-    fn allows(self, dtype: DType) -> bool {
+    /// What the kernels read as stored.
+    fn native(self, dtype: DType) -> bool {
         match self {
             Kind::Matmul | Kind::Embedding => WEIGHT_DTYPES.contains(&dtype),
             Kind::Norm | Kind::Bias => dtype == DType::F32,
         }
     }
 
+    /// The dtype a float tensor the kernels cannot read as stored is
+    /// converted to at upload, if any: F32 and BF16 matrices (safetensors
+    /// checkpoints, `--outtype f32/bf16` GGUFs) become F16, which keeps all
+    /// of BF16's 8 significant bits and rounds F32's 24 to 11, as llama.cpp's
+    /// `--outtype f16` does; F16 and BF16 norms and biases become F32,
+    /// exactly.
+    fn converted(self, dtype: DType) -> Option<DType> {
+        match (self, dtype) {
+            (Kind::Matmul | Kind::Embedding, DType::F32 | DType::BF16) => Some(DType::F16),
+            (Kind::Norm | Kind::Bias, DType::F16 | DType::BF16) => Some(DType::F32),
+            _ => None,
+        }
+    }
+
     fn what(self) -> &'static str {
         match self {
-            Kind::Matmul => "a matmul weight (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16)",
-            Kind::Embedding => "the token embedding (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16)",
-            Kind::Norm => "a norm weight (F32)",
-            Kind::Bias => "a bias (F32)",
+            Kind::Matmul => "a matmul weight (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, and F32 or BF16 as F16)",
+            Kind::Embedding => "the token embedding (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, and F32 or BF16 as F16)",
+            Kind::Norm => "a norm weight (F32, F16, BF16)",
+            Kind::Bias => "a bias (F32, F16, BF16)",
         }
     }
 }
@@ -168,39 +274,97 @@ impl Kind {
 struct Table<'a> {
     map: &'a WeightMap,
     device: &'a Device,
+    naming: TensorNames,
+    /// File names of the tensors taken so far.
+    used: std::cell::RefCell<HashSet<String>>,
 }
 
 impl Table<'_> {
-    /// The tensor `name`, checked and uploaded.
-    fn get(&self, name: &str, shape: &[usize], kind: Kind) -> Result<DeviceTensor, ModelError> {
+    /// The tensor GGUF calls `gguf`, checked, converted if need be, and
+    /// uploaded. Errors name it as the file does.
+    fn get(&self, gguf: &str, shape: &[usize], kind: Kind) -> Result<DeviceTensor, ModelError> {
+        let name = self.naming.file_name(gguf);
         let w = self
             .map
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })?;
+            .get(&name)
+            .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })?;
         if w.shape() != shape {
             return Err(ModelError::TensorShape {
-                name: name.into(),
+                name,
                 expected: shape.to_vec(),
                 got: w.shape().to_vec(),
             });
         }
-        if !kind.allows(w.dtype()) {
+        let host = if kind.native(w.dtype()) {
+            w.to_cpu().map_err(|source| ModelError::TensorData {
+                name: name.clone(),
+                desc: w.desc(),
+                source,
+            })?
+        } else if let Some(to) = kind.converted(w.dtype()) {
+            convert(&name, w, to)?
+        } else {
             return Err(ModelError::TensorDType {
-                name: name.into(),
+                name,
                 dtype: w.dtype(),
                 what: kind.what(),
             });
-        }
-        let host = w.to_cpu().map_err(|source| ModelError::TensorData {
-            name: name.into(),
-            desc: TensorDesc::new(w.dtype(), shape),
-            source,
-        })?;
-        self.device
+        };
+        let t = self
+            .device
             .upload(&host)
             .map_err(|source| ModelError::Upload {
-                name: name.into(),
+                name: name.clone(),
                 source,
-            })
+            })?;
+        self.used.borrow_mut().insert(name);
+        Ok(t)
     }
+
+    /// Every tensor of the file was taken, or is one the forward may ignore.
+    fn check_all_used(&self, config: &LlamaConfig) -> Result<(), ModelError> {
+        let used = self.used.borrow();
+        match self
+            .map
+            .names()
+            .find(|n| !used.contains(*n) && !names::ignorable(n))
+        {
+            Some(name) => Err(ModelError::UnusedTensor {
+                name: name.to_string(),
+                arch: config.arch.name(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A float tensor as F16 or F32 (see [`Kind::converted`]).
+fn convert(name: &str, w: &Weight, to: DType) -> Result<CpuTensor, ModelError> {
+    let values =
+        quant::dequantize_to_vec(w.dtype(), w.bytes()).map_err(|e| ModelError::Convert {
+            name: name.into(),
+            to,
+            why: e.to_string(),
+        })?;
+    let shape = w.shape().to_vec();
+    let host = if to == DType::F16 {
+        if let Some(v) = values
+            .iter()
+            .find(|v| v.is_finite() && v.abs() >= F16_OVERFLOW)
+        {
+            return Err(ModelError::Convert {
+                name: name.into(),
+                to,
+                why: format!("{v} is beyond F16's range (±65504)"),
+            });
+        }
+        CpuTensor::from_f32_as_f16(shape, &values)
+    } else {
+        CpuTensor::from_f32(shape, values)
+    };
+    host.map_err(|source| ModelError::TensorData {
+        name: name.into(),
+        desc: TensorDesc::new(to, w.shape()),
+        source,
+    })
 }
