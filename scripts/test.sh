@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh >/dev/null
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --all-features

@@ -11,6 +11,8 @@ pub mod model;
 pub mod perplexity;
 pub mod sampler;
 pub mod stop;
+#[cfg(feature = "async")]
+pub mod stream;
 
 pub use kiln_engine as engine;
 pub use kiln_kernels as kernels;
