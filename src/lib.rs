@@ -13,6 +13,7 @@ pub mod sampler;
 pub mod stop;
 #[cfg(feature = "async")]
 pub mod stream;
+pub mod synth;
 
 pub use kiln_engine as engine;
 pub use kiln_kernels as kernels;

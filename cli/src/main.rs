@@ -38,6 +38,10 @@ enum Command {
     List(cmd::list::Args),
     /// Delete a model from $KILN_HOME/models.
     Rm(cmd::rm::Args),
+    /// Prefill and decode speed (tokens/s), like llama-bench.
+    Bench(cmd::bench::Args),
+    /// Write a GGUF with random weights in a preset shape (benchmarks).
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> Result<()> {
@@ -53,5 +57,7 @@ fn main() -> Result<()> {
         Command::Pull(args) => cmd::pull::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Rm(args) => cmd::rm::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Synth(args) => cmd::synth::run(args),
     }
 }

@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod chat;
 pub mod devices;
 pub mod info;
@@ -7,4 +8,5 @@ pub mod perplexity;
 pub mod pull;
 pub mod rm;
 pub mod run;
+pub mod synth;
 pub mod tokenize;

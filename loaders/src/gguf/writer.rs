@@ -168,7 +168,18 @@ impl GgufWriter {
 
     /// The whole file as bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, LoadError> {
-        let align = usize::try_from(self.alignment).unwrap_or(usize::MAX);
+        let mut out = self.header()?;
+        for t in &self.tensors {
+            out.extend_from_slice(&t.data);
+            pad(&mut out, self.align());
+        }
+        Ok(out)
+    }
+
+    /// Everything before the first tensor's data: magic, counts, metadata,
+    /// tensor infos, padding.
+    fn header(&self) -> Result<Vec<u8>, LoadError> {
+        let align = self.align();
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -192,26 +203,37 @@ impl GgufWriter {
             offset += t.data.len().next_multiple_of(align);
         }
         pad(&mut out, align);
-        for t in &self.tensors {
-            out.extend_from_slice(&t.data);
-            pad(&mut out, align);
-        }
         Ok(out)
     }
 
-    /// Writes the file to `w`.
+    fn align(&self) -> usize {
+        usize::try_from(self.alignment).unwrap_or(usize::MAX)
+    }
+
+    /// Writes the file to `w`, tensor by tensor: no second copy of the
+    /// data is made (multi-GiB models).
     pub fn write_to(&self, mut w: impl Write) -> Result<(), LoadError> {
-        w.write_all(&self.to_bytes()?)
-            .map_err(|e| LoadError::new(ErrorKind::Io(e)))
+        let io = |e| LoadError::new(ErrorKind::Io(e));
+        w.write_all(&self.header()?).map_err(io)?;
+        let zeros = vec![0u8; self.align().min(1 << 16)];
+        for t in &self.tensors {
+            w.write_all(&t.data).map_err(io)?;
+            let mut padding = t.data.len().next_multiple_of(self.align()) - t.data.len();
+            while padding > 0 {
+                let n = padding.min(zeros.len());
+                w.write_all(&zeros[..n]).map_err(io)?;
+                padding -= n;
+            }
+        }
+        w.flush().map_err(io)
     }
 
     /// Writes the file at `path`.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<(), LoadError> {
         let path = path.as_ref();
-        let bytes = self
-            .to_bytes()
-            .map_err(|e| e.in_file(path.display().to_string()))?;
-        std::fs::write(path, bytes).map_err(|e| LoadError::io(path, e))
+        let file = std::fs::File::create(path).map_err(|e| LoadError::io(path, e))?;
+        self.write_to(std::io::BufWriter::with_capacity(1 << 20, file))
+            .map_err(|e| e.in_file(path.display().to_string()))
     }
 }
 

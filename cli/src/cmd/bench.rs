@@ -1,0 +1,268 @@
+//! `kiln bench`: prefill (ppN) and decode (tgN) speed like `llama-bench`.
+//! ppN runs one forward of N random tokens from an empty cache; tgN runs N
+//! single-token forwards at positions 0..N, each reading its logits back,
+//! as llama-bench's tests do. Each is repeated `-r` times after a warm-up
+//! (which compiles the plans) and reported as mean ± sd of tokens/second.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use kiln::engine::OpTime;
+use kiln::loaders::GgufFile;
+use kiln::synth::{self, SynthSpec};
+use kiln::{Model, ModelOptions};
+use serde_json::json;
+
+use crate::cmd::run::{model_path, DeviceArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .gguf model; defaults to the default model.
+    #[arg(short, long, conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Random weights in a preset shape instead of a file, e.g.
+    /// llama-7b:q4_0 (see `kiln synth --help`).
+    #[arg(long)]
+    synthetic: Option<SynthSpec>,
+    /// Prompt tokens of the prefill test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Generated tokens of the decode test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short, long, default_value_t = 5)]
+    repetitions: usize,
+    /// Also time every dispatch of one prefill and one decode step (GPU
+    /// timestamps) and print the totals per kernel.
+    #[arg(long)]
+    profile: bool,
+    #[arg(long, value_enum, default_value_t = Format::Md)]
+    format: Format,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Md,
+    Json,
+}
+
+/// One test's figures.
+struct Row {
+    test: String,
+    samples: Vec<f64>,
+}
+
+impl Row {
+    fn mean(&self) -> f64 {
+        self.samples.iter().sum::<f64>() / self.samples.len().max(1) as f64
+    }
+
+    fn sd(&self) -> f64 {
+        let n = self.samples.len();
+        if n < 2 {
+            return 0.0;
+        }
+        let m = self.mean();
+        (self.samples.iter().map(|s| (s - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    }
+}
+
+/// What the table says about the model.
+struct ModelInfo {
+    name: String,
+    bytes: u64,
+    params: u64,
+}
+
+fn describe(path: &Path, name: String) -> Result<ModelInfo> {
+    let file = GgufFile::open(path)?;
+    let (bytes, params) = file.tensors().iter().fold((0, 0), |(b, p), t| {
+        let desc = t.desc();
+        (
+            b + desc.byte_size().unwrap_or(0) as u64,
+            p + t.numel() as u64,
+        )
+    });
+    Ok(ModelInfo {
+        name,
+        bytes,
+        params,
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("-r must be at least 1");
+    }
+    if args.n_prompt == 0 && args.n_gen == 0 {
+        bail!("nothing to run: -p and -n are both 0");
+    }
+    let device = args.device.open()?;
+    let ctx = args.n_prompt.max(args.n_gen).max(1);
+    let (mut model, info) = match args.synthetic {
+        Some(spec) => load_synthetic(spec, &device, ctx)?,
+        None => {
+            let path = model_path(args.model.clone())?;
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            );
+            let info = describe(&path, name)?;
+            let model = Model::load(&path, &device, ModelOptions { ctx })
+                .with_context(|| format!("loading {}", path.display()))?;
+            (model, info)
+        }
+    };
+    let vocab = model.vocab_size() as u64;
+    // Fixed pseudo-random ids: the same work on every run.
+    let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u64)
+        .map(|i| ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) % vocab) as u32)
+        .collect();
+
+    let mut rows = Vec::new();
+    if args.n_prompt > 0 {
+        model.logits(&tokens[..args.n_prompt], 0)?;
+        let mut samples = Vec::new();
+        for _ in 0..args.repetitions {
+            let start = Instant::now();
+            model.logits(&tokens[..args.n_prompt], 0)?;
+            samples.push(args.n_prompt as f64 / start.elapsed().as_secs_f64());
+        }
+        rows.push(Row {
+            test: format!("pp{}", args.n_prompt),
+            samples,
+        });
+    }
+    if args.n_gen > 0 {
+        model.logits(&tokens[..1], 0)?;
+        let mut samples = Vec::new();
+        for _ in 0..args.repetitions {
+            let start = Instant::now();
+            for pos in 0..args.n_gen {
+                model.logits(&tokens[pos % tokens.len()..][..1], pos)?;
+            }
+            samples.push(args.n_gen as f64 / start.elapsed().as_secs_f64());
+        }
+        rows.push(Row {
+            test: format!("tg{}", args.n_gen),
+            samples,
+        });
+    }
+    print(&args, &info, &model.device_name(), &rows);
+    if args.profile {
+        if args.n_prompt > 0 {
+            let times = model.profile(&tokens[..args.n_prompt], 0)?;
+            print_profile(&format!("pp{}", args.n_prompt), &times);
+        }
+        if args.n_gen > 0 {
+            let pos = args.n_gen - 1;
+            let times = model.profile(&tokens[..1], pos)?;
+            print_profile(&format!("tg step at position {pos}"), &times);
+        }
+    }
+    Ok(())
+}
+
+/// Per-kernel totals of one profiled forward, largest first.
+fn print_profile(what: &str, times: &[OpTime]) {
+    let total: f64 = times.iter().map(|t| t.seconds).sum();
+    let mut by_kernel: Vec<(String, usize, f64)> = Vec::new();
+    for t in times {
+        match by_kernel.iter_mut().find(|(k, ..)| *k == t.kernel) {
+            Some((_, n, s)) => {
+                *n += 1;
+                *s += t.seconds;
+            }
+            None => by_kernel.push((t.kernel.clone(), 1, t.seconds)),
+        }
+    }
+    by_kernel.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!();
+    println!(
+        "profile of {what}: {} dispatches, {:.1} µs (one pass each)",
+        times.len(),
+        total * 1e6
+    );
+    println!("| kernel | calls | µs | share |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (kernel, n, s) in by_kernel {
+        println!(
+            "| {kernel} | {n} | {:.1} | {:.1} % |",
+            s * 1e6,
+            100.0 * s / total.max(f64::MIN_POSITIVE)
+        );
+    }
+}
+
+/// Builds the synthetic model into a temporary file, loads it, and removes
+/// the file (the loaded weights no longer need it).
+fn load_synthetic(
+    spec: SynthSpec,
+    device: &kiln::Device,
+    ctx: usize,
+) -> Result<(Model, ModelInfo)> {
+    let path = std::env::temp_dir().join(format!(
+        "kiln-synth-{}-{}.gguf",
+        std::process::id(),
+        spec.to_string().replace(':', "-")
+    ));
+    let start = Instant::now();
+    let written = synth::write(spec, 0, &path);
+    let loaded = written
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            let info = describe(&path, format!("synth {spec}"))?;
+            let model = Model::load(&path, device, ModelOptions { ctx })?;
+            Ok((model, info))
+        })
+        .with_context(|| format!("building the synthetic model {spec}"));
+    let _ = std::fs::remove_file(&path);
+    eprintln!("built {spec} in {:.1} s", start.elapsed().as_secs_f64());
+    loaded
+}
+
+fn print(args: &Args, info: &ModelInfo, device: &str, rows: &[Row]) {
+    match args.format {
+        Format::Md => {
+            println!("| model | size | params | device | test | t/s |");
+            println!("| --- | ---: | ---: | --- | ---: | ---: |");
+            for row in rows {
+                println!(
+                    "| {} | {:.2} MiB | {:.2} M | {} | {} | {:.2} ± {:.2} |",
+                    info.name,
+                    info.bytes as f64 / (1u64 << 20) as f64,
+                    info.params as f64 / 1e6,
+                    device,
+                    row.test,
+                    row.mean(),
+                    row.sd()
+                );
+            }
+        }
+        Format::Json => {
+            let out: Vec<_> = rows
+                .iter()
+                .map(|row| {
+                    json!({
+                        "model": info.name,
+                        "size_bytes": info.bytes,
+                        "params": info.params,
+                        "device": device,
+                        "test": row.test,
+                        "n_prompt": args.n_prompt,
+                        "n_gen": args.n_gen,
+                        "repetitions": args.repetitions,
+                        "avg_ts": row.mean(),
+                        "stddev_ts": row.sd(),
+                        "samples_ts": row.samples,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(out));
+        }
+    }
+}
