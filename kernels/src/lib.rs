@@ -19,6 +19,7 @@ pub mod layout;
 pub mod matmul;
 pub mod op;
 pub mod qmatmul;
+pub mod qmatvec;
 pub mod quant;
 pub mod rms_norm;
 pub mod rope;
@@ -44,6 +45,7 @@ pub const OP_CASES: &[fn() -> Vec<cases::OpCase>] = &[
     attention::cases,
     flash_attn::cases,
     qmatmul::cases,
+    qmatvec::cases,
     get_rows::cases,
     rope::cases,
 ];

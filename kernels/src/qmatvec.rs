@@ -1,0 +1,526 @@
+//! The decode-time product by a quantized weight, with what surrounds it in
+//! a transformer fused in: `y = x' · Wᵀ (+ r)` for few rows of x (M ≤ 8 per
+//! workgroup; more run as more workgroup columns), W `[N, K]` in any of
+//! [`WEIGHT_DTYPES`], where x' is x, or `rms_norm(x) * g` ([`Prologue::Norm`],
+//! the norm weight g `[K]` an extra input), or `silu(gate) * up` of an x
+//! holding `[.., M, 2K]` = gate | up ([`Prologue::SwiGlu`]), and `+ r`
+//! (`[.., M, N]`, [`QMatVec::residual`]) adds the residual stream. One
+//! dispatch stands for up to four, and each dispatch that depends on the
+//! previous costs ~3 µs on a big GPU: that, not bytes, bounds small models.
+//!
+//! Inputs in order: x, W, g (Norm), r (residual).
+//!
+//! Kernel: `qmatvec.wgsl`. Invocations stride each weight row by quads (4
+//! values), so x and W loads are coalesced across neighbouring invocations;
+//! each quad of x serves ROWS weight rows. Accumulation is f32 on
+//! dequantized weights with x never quantized.
+
+use rayon::prelude::*;
+
+use crate::cases::{OpCase, Tolerance};
+use crate::check;
+use crate::dtype::DType;
+use crate::layout;
+use crate::op::{grid, params_bytes, Caps, GpuKernel, Op, OpError};
+use crate::quant;
+use crate::template::{fill, u};
+use crate::tensor::{CpuTensor, TensorDesc};
+
+const WGSL: &str = include_str!("../wgsl/qmatvec.wgsl");
+const DECODERS: &str = include_str!("../wgsl/qmatvec_decode.wgsl");
+const HELPERS: &str = include_str!("../wgsl/qmatmul_decode.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../wgsl/qmatmul_reduce_subgroup.wgsl");
+const REDUCE_WORKGROUP: &str = include_str!("../wgsl/qmatmul_reduce_workgroup.wgsl");
+const NAME: &str = "qmatvec";
+
+/// Weight dtypes the kernel decodes.
+pub const WEIGHT_DTYPES: [DType; 10] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4K,
+    DType::Q5K,
+    DType::Q6K,
+    DType::F16,
+    DType::F32,
+];
+
+/// Most rows of x one workgroup serves (its quads of x are reused that
+/// many times from registers).
+pub const MAX_MR: u32 = 8;
+
+/// What x' is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Prologue {
+    /// x itself.
+    None,
+    /// `x / sqrt(mean(x²) + eps) * g`, ggml's rms_norm then mul.
+    Norm { eps: f32 },
+    /// `silu(x[.., :K]) * x[.., K:]`.
+    SwiGlu,
+}
+
+/// The op; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QMatVec {
+    pub prologue: Prologue,
+    /// Adds a residual input r `[.., M, N]` to the product.
+    pub residual: bool,
+    /// Use the subgroup reduction when the device has subgroups. Off only
+    /// to test the workgroup-memory reduction on such a device.
+    pub allow_subgroups: bool,
+    /// Invocations and weight rows per workgroup; `None` picks by shape.
+    /// For tuning sweeps.
+    pub shape: Option<(u32, u32)>,
+}
+
+impl QMatVec {
+    pub fn new(prologue: Prologue, residual: bool) -> QMatVec {
+        QMatVec {
+            prologue,
+            residual,
+            allow_subgroups: true,
+            shape: None,
+        }
+    }
+
+    fn arity(&self) -> usize {
+        2 + usize::from(matches!(self.prologue, Prologue::Norm { .. })) + usize::from(self.residual)
+    }
+}
+
+/// Mirrors `Params` in `qmatvec.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    quads: u32,
+    blocks: u32,
+    s1: u32,
+    s2: u32,
+    s3: u32,
+    eps: f32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl QMatVec {
+    fn dims(&self, inputs: &[TensorDesc]) -> Result<Dims, OpError> {
+        check::arity(NAME, inputs, self.arity())?;
+        let (x, w) = (&inputs[0], &inputs[1]);
+        check::dtype(NAME, x, &[DType::F32], "x")?;
+        check::dtype(NAME, w, &WEIGHT_DTYPES, "the weight")?;
+        if x.shape.is_empty() || w.shape.len() != 2 {
+            return Err(check::shape_err(
+                NAME,
+                inputs,
+                "x needs a dimension and W must be [N, K]",
+            ));
+        }
+        let (n, k) = (w.shape[0], w.shape[1]);
+        let x_k = if self.prologue == Prologue::SwiGlu {
+            2 * k
+        } else {
+            k
+        };
+        if x.cols() != x_k {
+            return Err(check::shape_err(
+                NAME,
+                inputs,
+                format!("x has {} columns, W has K = {k} (x needs {x_k})", x.cols()),
+            ));
+        }
+        let unit = w.dtype.block_size().max(4);
+        if k % unit != 0 || n == 0 {
+            return Err(check::shape_err(
+                NAME,
+                inputs,
+                format!("K = {k} is not a positive multiple of {unit} ({})", w.dtype),
+            ));
+        }
+        let m = x.rows();
+        let mut extra = 2;
+        if matches!(self.prologue, Prologue::Norm { .. }) {
+            let g = &inputs[extra];
+            check::dtype(NAME, g, &[DType::F32], "the norm weight")?;
+            if g.shape != [k] {
+                return Err(check::shape_err(
+                    NAME,
+                    inputs,
+                    "the norm weight must be [K]",
+                ));
+            }
+            extra += 1;
+        }
+        let mut y_shape = x.shape[..x.shape.len() - 1].to_vec();
+        y_shape.push(n);
+        if self.residual {
+            let r = &inputs[extra];
+            check::dtype(NAME, r, &[DType::F32], "the residual")?;
+            if r.shape != y_shape {
+                return Err(check::shape_err(
+                    NAME,
+                    inputs,
+                    format!("the residual must be {y_shape:?} like y"),
+                ));
+            }
+        }
+        check::numel_u32(NAME, inputs, x)?;
+        layout::gpu_bytes(w)
+            .and_then(|b| u32::try_from(b / 4).ok())
+            .ok_or_else(|| check::shape_err(NAME, inputs, "W has more than 2^32 words"))?;
+        m.checked_mul(n)
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| check::shape_err(NAME, inputs, "y has more than 2^32 elements"))?;
+        Ok(Dims { m, n, k })
+    }
+}
+
+fn f32s(t: &CpuTensor) -> Result<std::borrow::Cow<'_, [f32]>, OpError> {
+    t.to_f32().map_err(|_| check::not_f32(NAME, t.dtype()))
+}
+
+/// x' row by row, as f32 (the kernel's arithmetic; the norm's mean in f64
+/// as [`crate::rms_norm`]'s reference).
+fn prologue_rows(prologue: Prologue, x: &[f32], g: Option<&[f32]>, k: usize) -> Vec<f32> {
+    match prologue {
+        Prologue::None => x.to_vec(),
+        Prologue::SwiGlu => x
+            .chunks_exact(2 * k)
+            .flat_map(|row| {
+                let (gate, up) = row.split_at(k);
+                gate.iter()
+                    .zip(up)
+                    .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        Prologue::Norm { eps } => x
+            .chunks_exact(k)
+            .flat_map(|row| {
+                let mean = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / k as f64;
+                let scale = (1.0 / (mean + f64::from(eps)).sqrt()) as f32;
+                row.iter()
+                    .enumerate()
+                    .map(|(i, &v)| v * scale * g.map_or(1.0, |g| g[i]))
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+    }
+}
+
+/// The kernel's per-variant code, unrolled: clamped row indices (and 1/rms
+/// per x row with the norm) before the loop, then per quad t each x row's
+/// quad loaded once and every weight row's quad decoded once, with one
+/// scalar accumulator per (weight row, x row).
+fn unrolled(rows: u32, mr: u32, norm: bool, decode: &str) -> (String, String, String) {
+    let mut setup = String::new();
+    let mut body = String::new();
+    for i in 0..mr {
+        setup += &format!("    let xm{i} = min(m0 + {i}u, p.m - 1u);\n");
+        if norm {
+            setup += &format!("    let inv{i} = inv_rms(xm{i}, ids.lid);\n");
+        }
+        body += &format!("        var x{i} = x_quad(xm{i}, t);\n");
+        if norm {
+            body += &format!("        x{i} = x{i} * inv{i} * g[t];\n");
+        }
+    }
+    let mut accs = Vec::new();
+    for r in 0..rows {
+        setup += &format!("    let wn{r} = min(n0 + {r}u, p.n - 1u);\n");
+        body += &format!("        let w{r} = {decode}(wn{r}, t);\n");
+        for i in 0..mr {
+            setup += &format!("    var a{r}_{i} = 0.0;\n");
+            body += &format!("        a{r}_{i} += dot(w{r}, x{i});\n");
+            accs.push(format!("a{r}_{i}"));
+        }
+    }
+    (setup, body, accs.join(", "))
+}
+
+impl Op for QMatVec {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
+        let d = self.dims(inputs)?;
+        let x = &inputs[0].shape;
+        let mut shape = x[..x.len() - 1].to_vec();
+        shape.push(d.n);
+        Ok(TensorDesc::f32(shape))
+    }
+
+    /// x' as the kernel computes it, then each W row dequantized once
+    /// (ggml's arithmetic) and dotted with every row of x' in f64.
+    fn cpu(&self, inputs: &[&CpuTensor], out: &mut CpuTensor) -> Result<(), OpError> {
+        let descs: Vec<TensorDesc> = inputs.iter().map(|t| t.desc().clone()).collect();
+        let Dims { m, n, k } = self.dims(&descs)?;
+        let x = f32s(inputs[0])?;
+        let norm = matches!(self.prologue, Prologue::Norm { .. });
+        let g = if norm { Some(f32s(inputs[2])?) } else { None };
+        let r = if self.residual {
+            Some(f32s(inputs[inputs.len() - 1])?)
+        } else {
+            None
+        };
+        let xp = prologue_rows(self.prologue, &x, g.as_deref(), k);
+        let wd = inputs[1].dtype();
+        let w = inputs[1].bytes();
+        let row_bytes = wd.bytes_for(k).ok_or(check::not_f32(NAME, wd))?;
+        // y transposed: one chunk of m values per weight row.
+        let mut yt = vec![0f32; n * m];
+        yt.par_chunks_mut(m)
+            .zip(w.par_chunks(row_bytes))
+            .try_for_each_init(
+                || vec![0f32; k],
+                |row, (ys, wb)| {
+                    quant::dequantize(wd, wb, row).map_err(|_| check::not_f32(NAME, wd))?;
+                    for (mi, y) in ys.iter_mut().enumerate() {
+                        let xr = &xp[mi * k..][..k];
+                        let s: f64 = xr
+                            .iter()
+                            .zip(row.iter())
+                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                            .sum();
+                        *y = s as f32;
+                    }
+                    Ok::<(), OpError>(())
+                },
+            )?;
+        let y = out.as_f32_mut().ok_or(check::not_f32(NAME, DType::F32))?;
+        for (ni, ys) in yt.chunks_exact(m).enumerate() {
+            for (mi, &v) in ys.iter().enumerate() {
+                let o = mi * n + ni;
+                y[o] = v + r.as_ref().map_or(0.0, |r| r[o]);
+            }
+        }
+        Ok(())
+    }
+
+    fn gpu(
+        &self,
+        inputs: &[TensorDesc],
+        _out: &TensorDesc,
+        caps: &Caps,
+    ) -> Result<GpuKernel, OpError> {
+        let d = self.dims(inputs)?;
+        let wd = inputs[1].dtype;
+        let sg = self.allow_subgroups && caps.subgroups;
+        let mr = (d.m as u32).clamp(1, MAX_MR);
+        let quads = (d.k / 4) as u32;
+        let mut wg: u32 = if quads >= 512 { 128 } else { 64 };
+        // Enough workgroups to fill a big GPU; past that, more rows per
+        // workgroup reuse each quad of x more.
+        let most_rows = if mr > 4 { 4 } else { 8 };
+        let mut rows = [8u32, 4, 2]
+            .into_iter()
+            .find(|&r| r <= most_rows && d.n as u32 / r >= 1024)
+            .unwrap_or(1);
+        if let Some((w, r)) = self.shape {
+            (wg, rows) = (w.next_power_of_two().clamp(32, 256), r.clamp(1, 8));
+        }
+        // The workgroup-memory reduction keeps WG slots per partial sum.
+        let shared = |rows: u32| 4 * wg * (rows * mr * u32::from(!sg) + 1);
+        while rows > 1 && shared(rows) > caps.max_workgroup_storage_bytes {
+            rows /= 2;
+        }
+        let offsets = layout::section_offsets(&inputs[1]).unwrap_or_default();
+        let off = |i: usize| offsets.get(i).map_or(0, |&o| o as u32);
+        let eps = match self.prologue {
+            Prologue::Norm { eps } => eps,
+            _ => 0.0,
+        };
+        let params = Params {
+            m: d.m as u32,
+            n: d.n as u32,
+            k: d.k as u32,
+            quads,
+            blocks: (d.k / wd.block_size()) as u32,
+            s1: off(1),
+            s2: off(2),
+            s3: off(3),
+            eps,
+        };
+        let norm = matches!(self.prologue, Prologue::Norm { .. });
+        let mut bindings = String::new();
+        let mut b = 3;
+        if norm {
+            bindings +=
+                &format!("@group(0) @binding({b}) var<storage, read> g: array<vec4<f32>>;\n");
+            b += 1;
+        }
+        if self.residual {
+            bindings += &format!("@group(0) @binding({b}) var<storage, read> res: array<f32>;\n");
+            b += 1;
+        }
+        bindings += &format!("@group(0) @binding({b}) var<storage, read_write> y: array<f32>;\n");
+        let helpers = HELPERS.split("// @decoder ").next().unwrap_or_default();
+        let decoder = DECODERS
+            .split("// @decoder ")
+            .find(|p| p.split_whitespace().next() == Some(wd.name()))
+            .ok_or(OpError::DType {
+                op: NAME,
+                dtype: wd,
+                what: "the weight",
+            })?;
+        let reduce = if sg {
+            REDUCE_SUBGROUP
+        } else {
+            REDUCE_WORKGROUP
+        };
+        let flag = |b: bool| b.to_string();
+        let (setup, body, accs) = unrolled(rows, mr, norm, &format!("dq_{}", wd.name()));
+        let source = fill(
+            WGSL,
+            &[
+                ("WG", u(wg)),
+                ("ROWS", u(rows)),
+                ("MR", u(mr)),
+                ("SWIGLU", flag(self.prologue == Prologue::SwiGlu)),
+                ("SETUP", setup),
+                ("BODY", body),
+                ("ACCS", accs),
+                (
+                    "STORE",
+                    if self.residual {
+                        "y[o] = total + res[o];".into()
+                    } else {
+                        "y[o] = total;".into()
+                    },
+                ),
+                ("BINDINGS", bindings),
+                ("DECODERS", format!("{helpers}// {decoder}")),
+                ("DECODE", format!("dq_{}", wd.name())),
+                ("REDUCE", reduce.into()),
+            ],
+        );
+        let mut workgroups = grid(
+            (d.n as u32).div_ceil(rows),
+            caps.max_workgroups_per_dimension,
+        );
+        workgroups[2] = (d.m as u32).div_ceil(mr).max(1);
+        if workgroups[2] > caps.max_workgroups_per_dimension {
+            return Err(check::shape_err(
+                NAME,
+                inputs,
+                format!("M = {} needs too many workgroups", d.m),
+            ));
+        }
+        let pro = match self.prologue {
+            Prologue::None => "",
+            Prologue::Norm { .. } => ".norm",
+            Prologue::SwiGlu => ".swiglu",
+        };
+        Ok(GpuKernel {
+            key: format!(
+                "qmatvec.{wd}{pro}{}.wg{wg}.r{rows}.mr{mr}.{}",
+                if self.residual { ".res" } else { "" },
+                if sg { "sg" } else { "wg" }
+            ),
+            source: source.into(),
+            entry: "main",
+            params: params_bytes(&params),
+            workgroups,
+        })
+    }
+
+    /// Every index is clamped into its row and the op cases cover every
+    /// dtype, ragged N and M, and each prologue.
+    fn trusted(&self) -> bool {
+        true
+    }
+}
+
+/// Every weight type on decode shapes (M = 1, 3, 8, 11), each prologue and
+/// the residual; N from 1 to past the row-grouping thresholds.
+pub fn cases() -> Vec<OpCase> {
+    let f = |s: &[usize]| TensorDesc::f32(s);
+    let mut cases = Vec::new();
+    for wd in WEIGHT_DTYPES {
+        let (k1, k2) = if wd.block_size() == 256 {
+            (256, 1536)
+        } else {
+            (64, 576)
+        };
+        let shapes: [(usize, usize, usize, Prologue, bool); 6] = [
+            (1, k1, 1, Prologue::None, false),
+            (1, k2, 2100, Prologue::Norm { eps: 1e-5 }, true),
+            (3, k2, 49, Prologue::SwiGlu, false),
+            (8, k1, 4100, Prologue::None, true),
+            (11, k2, 33, Prologue::Norm { eps: 1e-6 }, false),
+            (2, k1, 1030, Prologue::SwiGlu, true),
+        ];
+        for (i, (m, k, n, prologue, residual)) in shapes.into_iter().enumerate() {
+            let x_k = if prologue == Prologue::SwiGlu {
+                2 * k
+            } else {
+                k
+            };
+            let mut inputs = vec![f(&[m, x_k]), TensorDesc::new(wd, [n, k])];
+            if matches!(prologue, Prologue::Norm { .. }) {
+                inputs.push(f(&[k]));
+            }
+            if residual {
+                inputs.push(f(&[m, n]));
+            }
+            let op = QMatVec {
+                prologue,
+                residual,
+                allow_subgroups: i % 3 != 2,
+                shape: None,
+            };
+            cases.push(OpCase::new(op, inputs, tolerance(k, prologue)));
+        }
+    }
+    cases
+}
+
+/// As qmatmul's: 8 eps * K covers f32 accumulation in any order for
+/// magnitudes <= 1. The norm scales x by up to ~sqrt(3) (uniform inputs
+/// have mean square 1/3), so its budget is wider.
+fn tolerance(k: usize, prologue: Prologue) -> Tolerance {
+    let scale = if matches!(prologue, Prologue::Norm { .. }) {
+        4.0
+    } else {
+        1.0
+    };
+    Tolerance::new(scale * 8.0 * f32::EPSILON * k as f32, 1e-5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_shapes_of_every_input() {
+        let f = |s: &[usize]| TensorDesc::f32(s);
+        let q = |n, k| TensorDesc::new(DType::Q4_0, [n, k]);
+        let plain = QMatVec::new(Prologue::None, false);
+        assert_eq!(
+            plain.output(&[f(&[2, 64]), q(5, 64)]).unwrap().shape,
+            [2, 5]
+        );
+        assert!(plain.output(&[f(&[2, 48]), q(5, 48)]).is_err());
+        let swiglu = QMatVec::new(Prologue::SwiGlu, true);
+        assert!(swiglu.output(&[f(&[1, 128]), q(5, 64), f(&[1, 5])]).is_ok());
+        assert!(swiglu.output(&[f(&[1, 64]), q(5, 64), f(&[1, 5])]).is_err());
+        assert!(swiglu
+            .output(&[f(&[1, 128]), q(5, 64), f(&[1, 6])])
+            .is_err());
+        let norm = QMatVec::new(Prologue::Norm { eps: 1e-5 }, false);
+        assert!(norm.output(&[f(&[1, 64]), q(5, 64), f(&[64])]).is_ok());
+        assert!(norm.output(&[f(&[1, 64]), q(5, 64), f(&[32])]).is_err());
+        assert!(norm.output(&[f(&[1, 64]), q(5, 64)]).is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! Every variant of the fused decode matvec (qmatvec: each weight dtype,
+//! prologue, residual, reduction and row grouping) must parse, validate
+//! with naga against exactly the capabilities of the device it was
+//! specialised for, and compile to SPIR-V. No GPU needed.
+
+mod common;
+
+use kiln_kernels::qmatvec::{Prologue, QMatVec, WEIGHT_DTYPES};
+use kiln_kernels::{Caps, Op, TensorDesc};
+
+#[test]
+fn every_qmatvec_variant_validates() {
+    let devices = [
+        ("baseline", Caps::baseline()),
+        ("lavapipe", common::lavapipe()),
+        ("nvidia", common::nvidia()),
+    ];
+    let prologues = [
+        Prologue::None,
+        Prologue::Norm { eps: 1e-5 },
+        Prologue::SwiGlu,
+    ];
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (device, caps) in &devices {
+        for wd in WEIGHT_DTYPES {
+            let k = if wd.block_size() == 256 { 512 } else { 64 };
+            // n = 5 groups one row per workgroup, 8192 eight (four at m = 8).
+            for (m, n) in [(1, 5), (1, 8192), (8, 8192)] {
+                for prologue in prologues {
+                    for residual in [false, true] {
+                        for allow_subgroups in [true, false] {
+                            let op = QMatVec {
+                                prologue,
+                                residual,
+                                allow_subgroups,
+                                shape: None,
+                            };
+                            let x_k = if prologue == Prologue::SwiGlu {
+                                2 * k
+                            } else {
+                                k
+                            };
+                            let mut inputs =
+                                vec![TensorDesc::f32([m, x_k]), TensorDesc::new(wd, [n, k])];
+                            if matches!(prologue, Prologue::Norm { .. }) {
+                                inputs.push(TensorDesc::f32([k]));
+                            }
+                            if residual {
+                                inputs.push(TensorDesc::f32([m, n]));
+                            }
+                            let out = op.output(&inputs).expect("valid shapes");
+                            let kernel = op
+                                .gpu(&inputs, &out, caps)
+                                .unwrap_or_else(|e| panic!("{op:?} on {device}: {e}"));
+                            checked += 1;
+                            if let Err(e) =
+                                common::check(&kernel, inputs.len(), common::naga_caps(caps))
+                            {
+                                failures.push(format!("{} on {device}:\n{e}", kernel.key));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
