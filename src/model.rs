@@ -14,7 +14,7 @@ use kiln_loaders::{
 use kiln_models::llama::names;
 use kiln_models::{
     Caches, ForwardGraph, ForwardInputs, LlamaConfig, LlamaWeights, LogitsMode, ModelError,
-    TensorNames,
+    TensorNames, SPLIT_CHUNK,
 };
 
 use crate::sampler::SamplerError;
@@ -110,7 +110,7 @@ pub struct Model {
     weights: LlamaWeights,
     caches: Caches,
     executor: Box<dyn Executor>,
-    plans: HashMap<(usize, LogitsMode), Compiled>,
+    plans: HashMap<(usize, LogitsMode, bool), Compiled>,
     tokenizer: Arc<Tokenizer>,
     chat: Result<ChatTemplate, String>,
 }
@@ -292,16 +292,20 @@ impl Model {
     /// `pos` (last-position logits), in graph order (GPU only).
     pub fn profile(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<OpTime>, Error> {
         self.check(tokens, pos)?;
-        let compiled = self.compiled(tokens.len(), LogitsMode::Last)?;
+        let compiled = self.compiled(tokens.len(), pos, LogitsMode::Last)?;
         let inputs = ForwardInputs::new(tokens, pos)?;
         Ok(compiled.plan.profile(&compiled.graph.feeds(&inputs))?)
     }
 
-    /// The plan for `n` tokens, compiled on first use.
-    fn compiled(&mut self, n: usize, mode: LogitsMode) -> Result<&mut Compiled, Error> {
-        let key = (n, mode);
+    /// The plan for `n` tokens at `pos`, compiled on first use. Steps that
+    /// reach past one chunk of keys use the split attention, which stays
+    /// parallel at any length; shorter ones the one-pass kernel.
+    fn compiled(&mut self, n: usize, pos: usize, mode: LogitsMode) -> Result<&mut Compiled, Error> {
+        let split = pos + n > SPLIT_CHUNK;
+        let key = (n, mode, split);
         if !self.plans.contains_key(&key) {
-            let graph = ForwardGraph::build(&self.config, &self.weights, &self.caches, n, mode)?;
+            let (c, w, k) = (&self.config, &self.weights, &self.caches);
+            let graph = ForwardGraph::build_with(c, w, k, n, mode, split)?;
             let plan = self.executor.compile(&graph.graph)?;
             self.plans.insert(key, Compiled { graph, plan });
         }
@@ -310,7 +314,7 @@ impl Model {
 
     fn run(&mut self, tokens: &[u32], pos: usize, mode: LogitsMode) -> Result<Vec<f32>, Error> {
         self.check(tokens, pos)?;
-        let compiled = self.compiled(tokens.len(), mode)?;
+        let compiled = self.compiled(tokens.len(), pos, mode)?;
         let inputs = ForwardInputs::new(tokens, pos)?;
         let mut out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
         let rows = if mode == LogitsMode::Last {

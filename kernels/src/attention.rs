@@ -24,6 +24,10 @@ const IO_WGSL: &str = include_str!("../wgsl/attn_io.wgsl");
 const REDUCE_WORKGROUP: &str = include_str!("../wgsl/reduce_workgroup.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../wgsl/reduce_subgroup.wgsl");
 
+/// The end of attention.wgsl unsplit: the normalised output (zeros where
+/// no key is visible, a position before 0, like the reference).
+const FINISH: &str = "out[item * HD + lid] = select(0.0, o / l, l > 0.0);";
+
 /// Invocations per (query, head): one key each per block, and up to
 /// `WG / head_dim` key splits in `p . V`. 256 is WebGPU's guaranteed minimum.
 const WG: u32 = 256;
@@ -283,6 +287,8 @@ impl Op for Attention {
                 io,
                 ("WG", u(WG)),
                 ("HD", u(hd)),
+                ("CHUNKS", u(1)),
+                ("FINISH", FINISH.into()),
                 (
                     "REDUCE",
                     if sg {

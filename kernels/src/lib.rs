@@ -7,6 +7,7 @@
 //! stack in.
 
 pub mod attention;
+pub mod attention_split;
 pub mod cases;
 mod check;
 pub mod copy;
@@ -43,6 +44,7 @@ pub const OP_CASES: &[fn() -> Vec<cases::OpCase>] = &[
     matmul::cases,
     kv_append::cases,
     attention::cases,
+    attention_split::cases,
     flash_attn::cases,
     qmatmul::cases,
     qmatvec::cases,

@@ -2,13 +2,14 @@
 //! a transformer fused in: `y = x' · Wᵀ (+ r)` for few rows of x (M ≤ 8 per
 //! workgroup; more run as more workgroup columns), W `[N, K]` in any of
 //! [`WEIGHT_DTYPES`], where x' is x, or `rms_norm(x) * g` ([`Prologue::Norm`],
-//! the norm weight g `[K]` an extra input), or `silu(gate) * up` of an x
-//! holding `[.., M, 2K]` = gate | up ([`Prologue::SwiGlu`]), and `+ r`
+//! the norm weight g `[K]` an extra input), or `silu(x) * u` with x the
+//! gate and u the up projection, both `[.., M, K]` ([`Prologue::SwiGlu`]),
+//! and `+ r`
 //! (`[.., M, N]`, [`QMatVec::residual`]) adds the residual stream. One
 //! dispatch stands for up to four, and each dispatch that depends on the
 //! previous costs ~3 µs on a big GPU: that, not bytes, bounds small models.
 //!
-//! Inputs in order: x, W, g (Norm), r (residual).
+//! Inputs in order: x, W, g (Norm) or u (SwiGlu), r (residual).
 //!
 //! Kernel: `qmatvec.wgsl`. Invocations stride each weight row by quads (4
 //! values), so x and W loads are coalesced across neighbouring invocations;
@@ -58,7 +59,7 @@ pub enum Prologue {
     None,
     /// `x / sqrt(mean(x²) + eps) * g`, ggml's rms_norm then mul.
     Norm { eps: f32 },
-    /// `silu(x[.., :K]) * x[.., K:]`.
+    /// `silu(x) * u`, u an extra input of x's shape.
     SwiGlu,
 }
 
@@ -71,9 +72,9 @@ pub struct QMatVec {
     /// Use the subgroup reduction when the device has subgroups. Off only
     /// to test the workgroup-memory reduction on such a device.
     pub allow_subgroups: bool,
-    /// Invocations and weight rows per workgroup; `None` picks by shape.
-    /// For tuning sweeps.
-    pub shape: Option<(u32, u32)>,
+    /// Invocations, weight rows and unrolled quads per workgroup; `None`
+    /// picks by shape. For tuning sweeps.
+    pub shape: Option<(u32, u32, u32)>,
 }
 
 impl QMatVec {
@@ -87,7 +88,7 @@ impl QMatVec {
     }
 
     fn arity(&self) -> usize {
-        2 + usize::from(matches!(self.prologue, Prologue::Norm { .. })) + usize::from(self.residual)
+        2 + usize::from(self.prologue != Prologue::None) + usize::from(self.residual)
     }
 }
 
@@ -127,16 +128,11 @@ impl QMatVec {
             ));
         }
         let (n, k) = (w.shape[0], w.shape[1]);
-        let x_k = if self.prologue == Prologue::SwiGlu {
-            2 * k
-        } else {
-            k
-        };
-        if x.cols() != x_k {
+        if x.cols() != k {
             return Err(check::shape_err(
                 NAME,
                 inputs,
-                format!("x has {} columns, W has K = {k} (x needs {x_k})", x.cols()),
+                format!("x has {} columns, W has K = {k}", x.cols()),
             ));
         }
         let unit = w.dtype.block_size().max(4);
@@ -158,6 +154,14 @@ impl QMatVec {
                     inputs,
                     "the norm weight must be [K]",
                 ));
+            }
+            extra += 1;
+        }
+        if self.prologue == Prologue::SwiGlu {
+            let u = &inputs[extra];
+            check::dtype(NAME, u, &[DType::F32], "the up projection")?;
+            if u.shape != x.shape {
+                return Err(check::shape_err(NAME, inputs, "u must have x's shape"));
             }
             extra += 1;
         }
@@ -190,21 +194,15 @@ fn f32s(t: &CpuTensor) -> Result<std::borrow::Cow<'_, [f32]>, OpError> {
 }
 
 /// x' row by row, as f32 (the kernel's arithmetic; the norm's mean in f64
-/// as [`crate::rms_norm`]'s reference).
-fn prologue_rows(prologue: Prologue, x: &[f32], g: Option<&[f32]>, k: usize) -> Vec<f32> {
-    match prologue {
-        Prologue::None => x.to_vec(),
-        Prologue::SwiGlu => x
-            .chunks_exact(2 * k)
-            .flat_map(|row| {
-                let (gate, up) = row.split_at(k);
-                gate.iter()
-                    .zip(up)
-                    .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
-                    .collect::<Vec<_>>()
-            })
+/// as [`crate::rms_norm`]'s reference). `extra` is g or u.
+fn prologue_rows(prologue: Prologue, x: &[f32], extra: Option<&[f32]>, k: usize) -> Vec<f32> {
+    match (prologue, extra) {
+        (Prologue::SwiGlu, Some(u)) => x
+            .iter()
+            .zip(u)
+            .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
             .collect(),
-        Prologue::Norm { eps } => x
+        (Prologue::Norm { eps }, g) => x
             .chunks_exact(k)
             .flat_map(|row| {
                 let mean = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / k as f64;
@@ -215,37 +213,72 @@ fn prologue_rows(prologue: Prologue, x: &[f32], g: Option<&[f32]>, k: usize) -> 
                     .collect::<Vec<_>>()
             })
             .collect(),
+        _ => x.to_vec(),
     }
 }
 
 /// The kernel's per-variant code, unrolled: clamped row indices (and 1/rms
-/// per x row with the norm) before the loop, then per quad t each x row's
+/// per x row with the norm) before the loops, then per quad t each x row's
 /// quad loaded once and every weight row's quad decoded once, with one
-/// scalar accumulator per (weight row, x row).
-fn unrolled(rows: u32, mr: u32, norm: bool, decode: &str) -> (String, String, String) {
+/// scalar accumulator per (weight row, x row). The main loop takes `unroll`
+/// quads WG apart per trip, every load issued before any arithmetic, so
+/// each invocation keeps rows * unroll loads in flight: a matvec is bound
+/// by memory latency as much as by bandwidth. A one-quad loop finishes.
+fn unrolled(
+    rows: u32,
+    mr: u32,
+    norm: bool,
+    decode: &str,
+    unroll: u32,
+    wg: u32,
+) -> (String, String, String) {
     let mut setup = String::new();
-    let mut body = String::new();
+    let mut accs = Vec::new();
     for i in 0..mr {
         setup += &format!("    let xm{i} = min(m0 + {i}u, p.m - 1u);\n");
         if norm {
             setup += &format!("    let inv{i} = inv_rms(xm{i}, ids.lid);\n");
         }
-        body += &format!("        var x{i} = x_quad(xm{i}, t);\n");
-        if norm {
-            body += &format!("        x{i} = x{i} * inv{i} * g[t];\n");
-        }
     }
-    let mut accs = Vec::new();
     for r in 0..rows {
         setup += &format!("    let wn{r} = min(n0 + {r}u, p.n - 1u);\n");
-        body += &format!("        let w{r} = {decode}(wn{r}, t);\n");
         for i in 0..mr {
             setup += &format!("    var a{r}_{i} = 0.0;\n");
-            body += &format!("        a{r}_{i} += dot(w{r}, x{i});\n");
             accs.push(format!("a{r}_{i}"));
         }
     }
-    (setup, body, accs.join(", "))
+    let body = |quads: u32| {
+        let mut loads = String::new();
+        let mut math = String::new();
+        for u in 0..quads {
+            loads += &format!("        let t{u} = t + {}u;\n", u * wg);
+            for i in 0..mr {
+                loads += &format!("        let x{u}_{i} = x_quad(xm{i}, t{u})");
+                if norm {
+                    loads += &format!(" * inv{i} * g[t{u}]");
+                }
+                loads += ";\n";
+            }
+            for r in 0..rows {
+                loads += &format!("        let w{u}_{r} = {decode}(wn{r}, t{u});\n");
+                for i in 0..mr {
+                    math += &format!("        a{r}_{i} += dot(w{u}_{r}, x{u}_{i});\n");
+                }
+            }
+        }
+        loads + &math
+    };
+    let mut loops = String::from("    var t = ids.lid;\n");
+    if unroll > 1 {
+        loops += &format!(
+            "    for (; t + {}u < p.quads; t += {}u) {{\n{}    }}\n",
+            (unroll - 1) * wg,
+            unroll * wg,
+            body(unroll)
+        );
+    }
+    loops += &format!("    for (; t < p.quads; t += WG) {{\n{}    }}\n", body(1));
+    (setup, loops, accs.join(", "))
 }
 
 impl Op for QMatVec {
@@ -267,14 +300,17 @@ impl Op for QMatVec {
         let descs: Vec<TensorDesc> = inputs.iter().map(|t| t.desc().clone()).collect();
         let Dims { m, n, k } = self.dims(&descs)?;
         let x = f32s(inputs[0])?;
-        let norm = matches!(self.prologue, Prologue::Norm { .. });
-        let g = if norm { Some(f32s(inputs[2])?) } else { None };
+        let extra = if self.prologue != Prologue::None {
+            Some(f32s(inputs[2])?)
+        } else {
+            None
+        };
         let r = if self.residual {
             Some(f32s(inputs[inputs.len() - 1])?)
         } else {
             None
         };
-        let xp = prologue_rows(self.prologue, &x, g.as_deref(), k);
+        let xp = prologue_rows(self.prologue, &x, extra.as_deref(), k);
         let wd = inputs[1].dtype();
         let w = inputs[1].bytes();
         let row_bytes = wd.bytes_for(k).ok_or(check::not_f32(NAME, wd))?;
@@ -327,8 +363,13 @@ impl Op for QMatVec {
             .into_iter()
             .find(|&r| r <= most_rows && d.n as u32 / r >= 1024)
             .unwrap_or(1);
-        if let Some((w, r)) = self.shape {
-            (wg, rows) = (w.next_power_of_two().clamp(32, 256), r.clamp(1, 8));
+        let mut unroll = 2;
+        if let Some((w, r, u)) = self.shape {
+            (wg, rows, unroll) = (
+                w.next_power_of_two().clamp(32, 256),
+                r.clamp(1, 8),
+                u.clamp(1, 8),
+            );
         }
         // The workgroup-memory reduction keeps WG slots per partial sum.
         let shared = |rows: u32| 4 * wg * (rows * mr * u32::from(!sg) + 1);
@@ -360,6 +401,12 @@ impl Op for QMatVec {
                 &format!("@group(0) @binding({b}) var<storage, read> g: array<vec4<f32>>;\n");
             b += 1;
         }
+        let swiglu = self.prologue == Prologue::SwiGlu;
+        if swiglu {
+            bindings +=
+                &format!("@group(0) @binding({b}) var<storage, read> u: array<vec4<f32>>;\n");
+            b += 1;
+        }
         if self.residual {
             bindings += &format!("@group(0) @binding({b}) var<storage, read> res: array<f32>;\n");
             b += 1;
@@ -379,17 +426,25 @@ impl Op for QMatVec {
         } else {
             REDUCE_WORKGROUP
         };
-        let flag = |b: bool| b.to_string();
-        let (setup, body, accs) = unrolled(rows, mr, norm, &format!("dq_{}", wd.name()));
+        let decode = format!("dq_{}", wd.name());
+        let (setup, loops, accs) = unrolled(rows, mr, norm, &decode, unroll, wg);
         let source = fill(
             WGSL,
             &[
                 ("WG", u(wg)),
                 ("ROWS", u(rows)),
                 ("MR", u(mr)),
-                ("SWIGLU", flag(self.prologue == Prologue::SwiGlu)),
+                (
+                    "X_QUAD",
+                    if swiglu {
+                        "let v = x[m * p.quads + t];\n    return v / (1.0 + exp(-v)) * u[m * p.quads + t];"
+                            .into()
+                    } else {
+                        "return x[m * p.quads + t];".into()
+                    },
+                ),
                 ("SETUP", setup),
-                ("BODY", body),
+                ("LOOPS", loops),
                 ("ACCS", accs),
                 (
                     "STORE",
@@ -424,7 +479,7 @@ impl Op for QMatVec {
         };
         Ok(GpuKernel {
             key: format!(
-                "qmatvec.{wd}{pro}{}.wg{wg}.r{rows}.mr{mr}.{}",
+                "qmatvec.{wd}{pro}{}.wg{wg}.r{rows}.u{unroll}.mr{mr}.{}",
                 if self.residual { ".res" } else { "" },
                 if sg { "sg" } else { "wg" }
             ),
@@ -462,14 +517,11 @@ pub fn cases() -> Vec<OpCase> {
             (2, k1, 1030, Prologue::SwiGlu, true),
         ];
         for (i, (m, k, n, prologue, residual)) in shapes.into_iter().enumerate() {
-            let x_k = if prologue == Prologue::SwiGlu {
-                2 * k
-            } else {
-                k
-            };
-            let mut inputs = vec![f(&[m, x_k]), TensorDesc::new(wd, [n, k])];
-            if matches!(prologue, Prologue::Norm { .. }) {
-                inputs.push(f(&[k]));
+            let mut inputs = vec![f(&[m, k]), TensorDesc::new(wd, [n, k])];
+            match prologue {
+                Prologue::Norm { .. } => inputs.push(f(&[k])),
+                Prologue::SwiGlu => inputs.push(f(&[m, k])),
+                Prologue::None => {}
             }
             if residual {
                 inputs.push(f(&[m, n]));
@@ -513,10 +565,15 @@ mod tests {
         );
         assert!(plain.output(&[f(&[2, 48]), q(5, 48)]).is_err());
         let swiglu = QMatVec::new(Prologue::SwiGlu, true);
-        assert!(swiglu.output(&[f(&[1, 128]), q(5, 64), f(&[1, 5])]).is_ok());
-        assert!(swiglu.output(&[f(&[1, 64]), q(5, 64), f(&[1, 5])]).is_err());
+        let up = f(&[1, 64]);
         assert!(swiglu
-            .output(&[f(&[1, 128]), q(5, 64), f(&[1, 6])])
+            .output(&[f(&[1, 64]), q(5, 64), up.clone(), f(&[1, 5])])
+            .is_ok());
+        assert!(swiglu
+            .output(&[f(&[1, 64]), q(5, 64), f(&[2, 64]), f(&[1, 5])])
+            .is_err());
+        assert!(swiglu
+            .output(&[f(&[1, 64]), q(5, 64), up, f(&[1, 6])])
             .is_err());
         let norm = QMatVec::new(Prologue::Norm { eps: 1e-5 }, false);
         assert!(norm.output(&[f(&[1, 64]), q(5, 64), f(&[64])]).is_ok());

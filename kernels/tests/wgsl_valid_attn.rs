@@ -1,5 +1,5 @@
-//! The attention kernels' WGSL (KV append, decode attention, flash
-//! attention), every variant on every device description, must parse,
+//! The attention kernels' WGSL (KV append, decode attention split or
+//! not, flash attention), every variant on every device description, must parse,
 //! validate with naga against exactly that device's capabilities (so a
 //! baseline variant that slips in a subgroup op fails), compile to SPIR-V
 //! and keep the binding convention. No GPU needed. Besides the registered
@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use kiln_kernels::attention::{Attention, AttnConfig};
 use kiln_kernels::flash_attn::FlashAttention;
 use kiln_kernels::kv_append::{self, KvAppend};
-use kiln_kernels::{attention, flash_attn, Caps, DType, GpuKernel, Op, OpError, TensorDesc};
+use kiln_kernels::{
+    attention, attention_split, flash_attn, Caps, DType, GpuKernel, Op, OpError, TensorDesc,
+};
 use naga::valid::Capabilities;
 
 fn devices() -> Vec<(&'static str, Caps)> {
@@ -43,6 +45,7 @@ fn every_attention_variant_validates() {
         .into_iter()
         .chain(attention::cases())
         .chain(flash_attn::cases())
+        .chain(attention_split::cases())
         .map(|c| (c.label, c.op, c.inputs))
         .collect();
     let f = |s: [usize; 3]| TensorDesc::f32(s);

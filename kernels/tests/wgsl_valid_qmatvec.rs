@@ -36,15 +36,12 @@ fn every_qmatvec_variant_validates() {
                                 allow_subgroups,
                                 shape: None,
                             };
-                            let x_k = if prologue == Prologue::SwiGlu {
-                                2 * k
-                            } else {
-                                k
-                            };
                             let mut inputs =
-                                vec![TensorDesc::f32([m, x_k]), TensorDesc::new(wd, [n, k])];
-                            if matches!(prologue, Prologue::Norm { .. }) {
-                                inputs.push(TensorDesc::f32([k]));
+                                vec![TensorDesc::f32([m, k]), TensorDesc::new(wd, [n, k])];
+                            match prologue {
+                                Prologue::Norm { .. } => inputs.push(TensorDesc::f32([k])),
+                                Prologue::SwiGlu => inputs.push(TensorDesc::f32([m, k])),
+                                Prologue::None => {}
                             }
                             if residual {
                                 inputs.push(TensorDesc::f32([m, n]));

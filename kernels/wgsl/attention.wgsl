@@ -20,6 +20,8 @@ const WG: u32 = {{WG}};
 const HD: u32 = {{HD}};
 // Key splits in the p . V step (HD <= WG, checked on the host).
 const SPLITS: u32 = WG / HD;
+// Key chunks per (query, head): 1, or ceil(ctx / WG) when split.
+const CHUNKS: u32 = {{CHUNKS}};
 
 {{REDUCE}}
 // The most negative finite f32 (WGSL has no -inf literal).
@@ -31,8 +33,12 @@ var<workgroup> p_sh: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
-    // Items spread over x and y (op::grid); uniform per workgroup.
-    let item = ids.wg.x + ids.wg.y * ids.nwg.x;
+    // Items spread over x and y (op::grid); uniform per workgroup. Split
+    // into key chunks (attention_split.rs), workgroup `flat` takes chunk
+    // `flat % CHUNKS` of item `flat / CHUNKS`.
+    let flat = ids.wg.x + ids.wg.y * ids.nwg.x;
+    let item = flat / CHUNKS;
+    let chunk = flat - item * CHUNKS;
     if item >= p.n_q * p.n_head {
         return;
     }
@@ -52,6 +58,12 @@ fn main(ids: Ids) {
         }
     }
 
+    if CHUNKS > 1u {
+        // One block of WG keys per chunk; an empty range leaves l = 0.
+        lo = max(lo, chunk * WG);
+        hi = max(lo, min(hi, chunk * WG + WG));
+    }
+
     for (var d = lid; d < HD; d += WG) {
         q_sh[d] = q[item * HD + d] * p.scale;
     }
@@ -67,8 +79,17 @@ fn main(ids: Ids) {
         var s = LOWEST;
         if j < hi {
             let kb = (j * p.n_kv + kvh) * HD;
-            s = 0.0;
-            for (var d = 0u; d < HD; d++) {
+            // Four independent sums: the loads of a key row overlap
+            // instead of waiting on one running sum.
+            var s4 = vec4<f32>(0.0);
+            var d = 0u;
+            for (; d + 3u < HD; d += 4u) {
+                let qv = vec4<f32>(q_sh[d], q_sh[d + 1u], q_sh[d + 2u], q_sh[d + 3u]);
+                let kv = vec4<f32>(k_at(kb + d), k_at(kb + d + 1u), k_at(kb + d + 2u), k_at(kb + d + 3u));
+                s4 = fma(qv, kv, s4);
+            }
+            s = (s4.x + s4.y) + (s4.z + s4.w);
+            for (; d < HD; d++) {
                 s += q_sh[d] * k_at(kb + d);
             }
         }
@@ -103,7 +124,6 @@ fn main(ids: Ids) {
         for (var s = 0u; s < SPLITS; s++) {
             o += p_sh[s * HD + lid];
         }
-        // No visible key (a position before 0): zeros, like the reference.
-        out[item * HD + lid] = select(0.0, o / l, l > 0.0);
+        {{FINISH}}
     }
 }

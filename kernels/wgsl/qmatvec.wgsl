@@ -3,7 +3,8 @@
 // quantized (layout.rs), f32 everywhere else, f32 accumulation, where x' is
 //   x                                   plain,
 //   x * g * 1 / sqrt(mean(x^2) + eps)   NORM (g: the norm weight, [K]),
-//   silu(x[m, k]) * x[m, K + k]         SWIGLU (x is [M, 2K], gate | up).
+//   silu(x[m, k]) * u[m, k]             SWIGLU (x the gate, u the up
+//                                       projection, both [M, K]).
 //
 // One workgroup per ROWS weight rows and MR rows of x (workgroup z). Its WG
 // invocations stride the row in quads (4 consecutive values), so
@@ -29,7 +30,6 @@ const WG: u32 = {{WG}};
 const ROWS: u32 = {{ROWS}};
 const MR: u32 = {{MR}};
 const RM: u32 = ROWS * MR;
-const SWIGLU: bool = {{SWIGLU}};
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -40,14 +40,9 @@ const SWIGLU: bool = {{SWIGLU}};
 
 {{REDUCE}}
 
-// Quad t of x' row m.
+// Quad t of x' row m (before the norm): x, or silu(x) * u.
 fn x_quad(m: u32, t: u32) -> vec4<f32> {
-    if SWIGLU {
-        let g = x[2u * m * p.quads + t];
-        let u = x[(2u * m + 1u) * p.quads + t];
-        return g / (1.0 + exp(-g)) * u;
-    }
-    return x[m * p.quads + t];
+    {{X_QUAD}}
 }
 
 var<workgroup> norm_red: array<f32, WG>;
@@ -85,9 +80,7 @@ fn main(ids: Ids) {
     // accumulators stay in registers): rows past the end are computed on
     // clamped indices and not written, so the loop has no branches.
 {{SETUP}}
-    for (var t = ids.lid; t < p.quads; t += WG) {
-{{BODY}}
-    }
+{{LOOPS}}
     let total = reduce(array<f32, RM>({{ACCS}}), ids);
     // Invocation i < RM holds the sum for (r, mi) = (i / MR, i % MR).
     if ids.lid < RM {

@@ -12,4 +12,5 @@ pub mod testing;
 pub use error::ModelError;
 pub use llama::{
     Arch, Caches, ForwardGraph, ForwardInputs, LlamaConfig, LlamaWeights, LogitsMode, TensorNames,
+    SPLIT_CHUNK,
 };

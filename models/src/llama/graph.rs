@@ -6,11 +6,14 @@
 
 use kiln_engine::{Device, DeviceTensor, Graph, TensorId};
 use kiln_kernels::attention::{Attention, AttnConfig};
+pub use kiln_kernels::attention_split::CHUNK as SPLIT_CHUNK;
+use kiln_kernels::attention_split::{AttentionCombine, AttentionPartials};
 use kiln_kernels::elementwise::{Add, Mul, Silu};
 use kiln_kernels::flash_attn::FlashAttention;
 use kiln_kernels::get_rows::GetRows;
 use kiln_kernels::kv_append::KvAppend;
 use kiln_kernels::qmatmul::QMatMul;
+use kiln_kernels::qmatvec::{Prologue, QMatVec, MAX_MR};
 use kiln_kernels::rms_norm::RmsNorm;
 use kiln_kernels::rope::Rope;
 use kiln_kernels::{CpuTensor, DType, TensorDesc};
@@ -138,14 +141,30 @@ impl ForwardInputs {
 }
 
 impl ForwardGraph {
-    /// The forward for `n_tokens` tokens. T = 1 uses the decode attention
-    /// kernel, T > 1 flash attention.
+    /// The forward for `n_tokens` tokens. Decode-sized T uses the fused
+    /// matvecs and split attention, larger T tiled matmuls and flash
+    /// attention.
     pub fn build(
         config: &LlamaConfig,
         weights: &LlamaWeights,
         caches: &Caches,
         n_tokens: usize,
         mode: LogitsMode,
+    ) -> Result<ForwardGraph, ModelError> {
+        Self::build_with(config, weights, caches, n_tokens, mode, true)
+    }
+
+    /// [`ForwardGraph::build`], choosing the decode attention: split over
+    /// key chunks of [`SPLIT_CHUNK`] (parallel at any length, one dispatch
+    /// more), or one workgroup per head (best while every query sees at
+    /// most one chunk of keys). Model picks per step from the position.
+    pub fn build_with(
+        config: &LlamaConfig,
+        weights: &LlamaWeights,
+        caches: &Caches,
+        n_tokens: usize,
+        mode: LogitsMode,
+        split_attention: bool,
     ) -> Result<ForwardGraph, ModelError> {
         if n_tokens == 0 {
             return Err(ModelError::BadValue {
@@ -168,6 +187,13 @@ impl ForwardGraph {
         };
         let attn_cfg = AttnConfig::causal(c.head_dim).window(c.sliding_window);
         let mm = QMatMul::default();
+        // Decode-sized steps run the fused matvec: the norms, SwiGLU and
+        // residual adds ride along in the products, so a layer is 11
+        // dispatches in 7 dependent steps instead of 18 (each dependent
+        // dispatch costs ~3 us on a big GPU: what bounds small models).
+        let fused = t <= MAX_MR as usize;
+        let mv = |prologue, residual| QMatVec::new(prologue, residual);
+        let normed = Prologue::Norm { eps: c.rms_eps };
 
         let embd = g.resident("token_embd.weight", &weights.token_embd);
         let mut x = g.op("inp_embd", GetRows, &[embd, tokens])?; // [T, n_embd]
@@ -182,15 +208,26 @@ impl ForwardGraph {
 
             // Attention: x + o(attn(rope(q), rope(k), v)).
             let wn = w(&mut g, "attn_norm.weight", &l.attn_norm);
-            let h = g.op(name("attn_norm"), norm, &[x, wn])?; // [T, n_embd]
             let (wq, wk, wv) = (
                 w(&mut g, "attn_q.weight", &l.wq),
                 w(&mut g, "attn_k.weight", &l.wk),
                 w(&mut g, "attn_v.weight", &l.wv),
             );
-            let mut q = g.op(name("attn_q"), mm, &[h, wq])?; // [T, q_dim]
-            let mut k = g.op(name("attn_k"), mm, &[h, wk])?; // [T, kv_dim]
-            let mut v = g.op(name("attn_v"), mm, &[h, wv])?; // [T, kv_dim]
+            let (mut q, mut k, mut v) = if fused {
+                let qkv = mv(normed, false);
+                (
+                    g.op(name("attn_q"), qkv, &[x, wq, wn])?,
+                    g.op(name("attn_k"), qkv, &[x, wk, wn])?,
+                    g.op(name("attn_v"), qkv, &[x, wv, wn])?,
+                )
+            } else {
+                let h = g.op(name("attn_norm"), norm, &[x, wn])?; // [T, n_embd]
+                (
+                    g.op(name("attn_q"), mm, &[h, wq])?, // [T, q_dim]
+                    g.op(name("attn_k"), mm, &[h, wk])?, // [T, kv_dim]
+                    g.op(name("attn_v"), mm, &[h, wv])?, // [T, kv_dim]
+                )
+            };
             if let Some([bq, bk, bv]) = &l.bias {
                 let (bq, bk, bv) = (
                     w(&mut g, "attn_q.bias", bq),
@@ -211,8 +248,13 @@ impl ForwardGraph {
             let append = KvAppend::new(caches.ctx, DType::F32);
             let kc = g.write_into(name("cache_k_append"), append, &[k, pos], kc)?; // [ctx, n_head_kv, head_dim]
             let vc = g.write_into(name("cache_v_append"), append, &[v, pos], vc)?;
-            let a = if t == 1 {
+            let a = if fused && !split_attention {
                 g.op(name("attn"), Attention::new(attn_cfg), &[q, kc, vc, pos])?
+            } else if fused {
+                // Key chunks in parallel, then their softmax-weighted sum.
+                let parts = AttentionPartials::new(attn_cfg);
+                let part = g.op(name("attn_part"), parts, &[q, kc, vc, pos])?;
+                g.op(name("attn"), AttentionCombine, &[part])?
             } else {
                 g.op(
                     name("attn"),
@@ -222,23 +264,37 @@ impl ForwardGraph {
             }; // [T, n_head, head_dim]
             let a = g.reshape(a, [t, c.q_dim()])?;
             let wo = w(&mut g, "attn_output.weight", &l.wo);
-            let o = g.op(name("attn_out"), mm, &[a, wo])?; // [T, n_embd]
-            x = g.op(name("ffn_inp"), Add, &[x, o])?;
+            x = if fused {
+                g.op(name("ffn_inp"), mv(Prologue::None, true), &[a, wo, x])?
+            } else {
+                let o = g.op(name("attn_out"), mm, &[a, wo])?; // [T, n_embd]
+                g.op(name("ffn_inp"), Add, &[x, o])?
+            };
 
             // Feed-forward: x + down(silu(gate(h)) * up(h)).
             let wn = w(&mut g, "ffn_norm.weight", &l.ffn_norm);
-            let h = g.op(name("ffn_norm"), norm, &[x, wn])?;
             let (wg, wu, wd) = (
                 w(&mut g, "ffn_gate.weight", &l.gate),
                 w(&mut g, "ffn_up.weight", &l.up),
                 w(&mut g, "ffn_down.weight", &l.down),
             );
-            let gate = g.op(name("ffn_gate"), mm, &[h, wg])?; // [T, n_ff]
-            let up = g.op(name("ffn_up"), mm, &[h, wu])?; // [T, n_ff]
-            let gate = g.op(name("ffn_silu"), Silu, &[gate])?;
-            let gu = g.op(name("ffn_gate_par"), Mul, &[gate, up])?;
-            let down = g.op(name("ffn_out"), mm, &[gu, wd])?; // [T, n_embd]
-            x = g.op(name("l_out"), Add, &[x, down])?;
+            x = if fused {
+                let gate = g.op(name("ffn_gate"), mv(normed, false), &[x, wg, wn])?;
+                let up = g.op(name("ffn_up"), mv(normed, false), &[x, wu, wn])?;
+                g.op(
+                    name("l_out"),
+                    mv(Prologue::SwiGlu, true),
+                    &[gate, wd, up, x],
+                )?
+            } else {
+                let h = g.op(name("ffn_norm"), norm, &[x, wn])?;
+                let gate = g.op(name("ffn_gate"), mm, &[h, wg])?; // [T, n_ff]
+                let up = g.op(name("ffn_up"), mm, &[h, wu])?; // [T, n_ff]
+                let gate = g.op(name("ffn_silu"), Silu, &[gate])?;
+                let gu = g.op(name("ffn_gate_par"), Mul, &[gate, up])?;
+                let down = g.op(name("ffn_out"), mm, &[gu, wd])?; // [T, n_embd]
+                g.op(name("l_out"), Add, &[x, down])?
+            };
         }
 
         // Only the last row feeds the head when generating: a [1, n_embd]
@@ -252,7 +308,6 @@ impl ForwardGraph {
             x = g.op("inp_out_ids", GetRows, &[x, last])?; // [1, n_embd]
         }
         let wn = g.resident("output_norm.weight", &weights.output_norm);
-        let x = g.op("result_norm", norm, &[x, wn])?;
         let wout = g.resident(
             if weights.tied {
                 "output.weight (tied token_embd)"
@@ -261,7 +316,13 @@ impl ForwardGraph {
             },
             &weights.output,
         );
-        let logits = g.op("result_output", mm, &[x, wout])?; // [rows, vocab]
+        let rows = g.desc(x).rows();
+        let logits = if rows <= MAX_MR as usize {
+            g.op("result_output", mv(normed, false), &[x, wout, wn])?
+        } else {
+            let x = g.op("result_norm", norm, &[x, wn])?;
+            g.op("result_output", mm, &[x, wout])?
+        }; // [rows, vocab]
         g.output(logits);
         Ok(ForwardGraph {
             graph: g,
