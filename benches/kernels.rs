@@ -5,7 +5,10 @@
 //!
 //! `cargo bench --bench kernels` runs the summary and criterion;
 //! `KILN_BENCH_QUICK=1` only the summary lines; `KILN_BENCH_SWEEP=1` also
-//! checks and times candidate matmul tile shapes (for tuning on a real GPU).
+//! checks and times candidate matmul and qmatmul tile shapes (for tuning on
+//! a real GPU; `=qmatmul` for qmatmul only); `KILN_BENCH_ONLY=<text>` times
+//! only the rows whose name contains the text; `KILN_BENCH_CPU=1` times the
+//! CPU executor's quantized matmul (the perplexity path) and needs no GPU.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +19,12 @@ use kiln_kernels::cases::Tolerance;
 use kiln_kernels::copy::Copy;
 use kiln_kernels::elementwise::{Add, Silu};
 use kiln_kernels::matmul::{coop_available, BLayout, CoopTile, MatMul, MatMulVariant, TiledTile};
+use kiln_kernels::qmatmul::{QCoopTile, QMatMul, QMatMulVariant, QTiledTile};
+use kiln_kernels::qmatvec::{Prologue, QMatVec};
 use kiln_kernels::rms_norm::RmsNorm;
 use kiln_kernels::softmax::Softmax;
 use kiln_kernels::transpose::Transpose;
-use kiln_kernels::Op;
+use kiln_kernels::{quant, Op};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -67,6 +72,131 @@ fn matmul(name: &str, op: MatMul, a: TensorDesc, b: TensorDesc, peak: f64) -> Be
         inputs: vec![a, b],
         work: Work::Flops(flops, peak),
     }
+}
+
+/// `x [M, K] · Wᵀ`, W `[N, K]` quantized: 2·M·N·K FLOPs (W's bytes are
+/// read once per tile row of x and are not the bound at prefill sizes).
+fn qmatmul(name: &str, op: QMatMul, m: usize, k: usize, n: usize, w: DType, peak: f64) -> Bench {
+    Bench {
+        name: name.into(),
+        op: Arc::new(op),
+        inputs: vec![f32d(&[m, k]), TensorDesc::new(w, [n, k])],
+        work: Work::Flops(2.0 * (m * n * k) as f64, peak),
+    }
+}
+
+/// Prefill-shaped quantized matmuls (M = 512 tokens): llama-7b's attention
+/// projections (K = N = 4096), FFN up/gate (K = 4096, N = 11008) and down
+/// (K = 11008, N = 4096) in Q4_0, a 135M model's FFN up (K = 576,
+/// N = 1536) in Q4_1; with the tiled kernel (f32) and, where the device has
+/// them, cooperative matrices (f16 inputs).
+fn qmatmul_benches(coop: bool) -> Vec<Bench> {
+    let shapes: [(usize, usize, DType); 5] = [
+        (4096, 4096, DType::Q4_0),
+        (4096, 11008, DType::Q4_0),
+        (11008, 4096, DType::Q4_0),
+        (576, 1536, DType::Q4_1),
+        (4096, 4096, DType::Q6K),
+    ];
+    let mut variants = vec![(QMatMulVariant::Tiled, "tiled", H200_F32_FLOPS)];
+    if coop {
+        variants.push((QMatMulVariant::Coop, "coop", H200_F16_TENSOR_FLOPS));
+    }
+    let mut v = Vec::new();
+    for (variant, label, peak) in variants {
+        for (k, n, w) in shapes {
+            let name = format!("qmatmul 512x{k}x{n} {w} {label}");
+            let op = QMatMul::default().with_variant(variant);
+            v.push(qmatmul(&name, op, 512, k, n, w, peak));
+        }
+    }
+    v
+}
+
+/// Time of llama-7b's matmuls for a prompt of 512 tokens with `op` (32
+/// layers of q, k, v, o at 4096 x 4096, gate and up at 4096 -> 11008, down
+/// at 11008 -> 4096; the 32000-row output layer once), in Q4_0, and the
+/// tokens per second that bounds prefill by.
+fn prefill_7b(device: &Device, op: QMatMul, label: &str, rng: &mut StdRng) {
+    let m = 512;
+    let mut total = 0.0;
+    for (k, n, times) in [
+        (4096, 4096, 128.0),
+        (4096, 11008, 64.0),
+        (11008, 4096, 32.0),
+        (4096, 32000, 1.0),
+    ] {
+        let b = qmatmul("", op, m, k, n, DType::Q4_0, H200_F32_FLOPS);
+        match Ready::new(device, b.op, &b.inputs, rng) {
+            Ok(mut r) => total += times * r.median(),
+            Err(e) => {
+                println!("prefill 7b {label}: not run: {e}");
+                return;
+            }
+        }
+    }
+    let flops = 2.0
+        * m as f64
+        * (32.0 * (4.0 * 4096.0 * 4096.0 + 3.0 * 4096.0 * 11008.0) + 4096.0 * 32000.0);
+    println!(
+        "prefill llama-7b q4_0 x512 matmuls, {label:<6} {:>9.3} ms  {:>8.0} tok/s  {:>6.2} TFLOP/s effective",
+        total * 1e3,
+        m as f64 / total,
+        flops / total / 1e12
+    );
+}
+
+/// Decode (M = 1) products by quantized weights at model shapes: the fused
+/// matvec (`qmatvec`) beside qmatmul's matvec. Bound by W's bytes.
+fn decode_benches() -> Vec<Bench> {
+    let shapes: [(usize, usize, DType); 7] = [
+        (4096, 4096, DType::Q4_0),
+        (11008, 4096, DType::Q4_0),
+        (4096, 11008, DType::Q4_0),
+        (4096, 4096, DType::Q4K),
+        (49152, 4096, DType::Q6K),
+        (49152, 576, DType::Q8_0),
+        (1536, 576, DType::Q4_1),
+    ];
+    let mut v = Vec::new();
+    // KILN_BENCH_SWEEP=qmatvec: every workgroup size and row grouping.
+    let sweep = std::env::var("KILN_BENCH_SWEEP").is_ok_and(|s| s == "qmatvec");
+    for (n, k, w) in shapes {
+        if sweep {
+            let wdesc = TensorDesc::new(w, [n, k]);
+            let bytes = kiln_kernels::layout::gpu_bytes(&wdesc).unwrap_or(0) + 4 * (k + n);
+            for wg in [64, 128, 256] {
+                for rows in [1, 2, 4] {
+                    for unroll in [1, 2, 4] {
+                        let mut op = QMatVec::new(Prologue::None, false);
+                        op.shape = Some((wg, rows, unroll));
+                        v.push(Bench {
+                            name: format!("qmatvec 1x{k}x{n} {w} wg{wg} r{rows} u{unroll}"),
+                            op: Arc::new(op),
+                            inputs: vec![f32d(&[1, k]), wdesc.clone()],
+                            work: Work::Bytes(bytes as f64),
+                        });
+                    }
+                }
+            }
+        }
+        let wdesc = TensorDesc::new(w, [n, k]);
+        let bytes = kiln_kernels::layout::gpu_bytes(&wdesc).unwrap_or(0) + 4 * (k + n);
+        let inputs = vec![f32d(&[1, k]), wdesc];
+        v.push(Bench {
+            name: format!("qmatvec 1x{k}x{n} {w}"),
+            op: Arc::new(QMatVec::new(Prologue::None, false)),
+            inputs: inputs.clone(),
+            work: Work::Bytes(bytes as f64),
+        });
+        v.push(Bench {
+            name: format!("qmatmul matvec 1x{k}x{n} {w}"),
+            op: Arc::new(QMatMul::default()),
+            inputs,
+            work: Work::Bytes(bytes as f64),
+        });
+    }
+    v
 }
 
 /// A memory-bound op: bytes are every input's plus the output's.
@@ -146,6 +276,8 @@ fn benches(coop: bool) -> Vec<Bench> {
             peak,
         ));
     }
+    v.extend(qmatmul_benches(coop));
+    v.extend(decode_benches());
     let rows = |cols: usize| f32d(&[4096, cols]);
     v.extend([
         streaming("softmax 4096x32000", Softmax::default(), vec![rows(32000)]),
@@ -171,7 +303,12 @@ fn random(rng: &mut StdRng, desc: &TensorDesc) -> CpuTensor {
     let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let t = match desc.dtype {
         DType::F16 => CpuTensor::from_f32_as_f16(desc.shape.clone(), &values),
-        _ => CpuTensor::from_f32(desc.shape.clone(), values),
+        DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values),
+        d => {
+            let k = desc.shape.last().copied().unwrap_or(1);
+            let bytes = quant::quantize_rows(d, &values, k).expect("bench rows are whole blocks");
+            CpuTensor::from_bytes(desc.clone(), bytes)
+        }
     };
     t.expect("bench shapes are consistent")
 }
@@ -218,10 +355,14 @@ impl Ready {
     }
 
     /// Median seconds per run over 5 timed batches, after a warm-up; each
-    /// batch is sized to take about 50 ms.
+    /// batch is sized to take about 50 ms. The warm-up is two such batches:
+    /// after the CPU work of building inputs the GPU's clocks are down, and
+    /// a few milliseconds of work did not bring them up (on an H200 the
+    /// first shape timed after a check ran at a fifth of the speed).
     fn median(&mut self) -> f64 {
         let once = self.time(2);
         let iters = ((0.05 / once).ceil() as u32).clamp(1, 200);
+        self.time(2 * iters);
         let mut t: Vec<f64> = (0..5).map(|_| self.time(iters)).collect();
         t.sort_by(f64::total_cmp);
         t[2]
@@ -367,7 +508,167 @@ fn sweep(device: &Device, coop: bool, rng: &mut StdRng) {
     }
 }
 
+/// Runs `op` on `device` and on the CPU reference; an error names how many
+/// elements stray beyond `tol`.
+fn check_op(
+    device: &Device,
+    op: Arc<dyn Op>,
+    descs: &[TensorDesc],
+    tol: Tolerance,
+    rng: &mut StdRng,
+) -> Result<(), String> {
+    let mut r = Ready::new(device, op.clone(), descs, rng)?;
+    let got = r.run()?;
+    let refs: Vec<&CpuTensor> = r.inputs.iter().collect();
+    let out = op.output(descs).map_err(|e| e.to_string())?;
+    let mut want = CpuTensor::zeros(&out).map_err(|e| e.to_string())?;
+    op.cpu(&refs, &mut want).map_err(|e| e.to_string())?;
+    let (g, w) = (
+        got.to_f32().map_err(|e| e.to_string())?,
+        want.to_f32().map_err(|e| e.to_string())?,
+    );
+    let bad = g
+        .iter()
+        .zip(w.iter())
+        .filter(|(g, w)| {
+            let d = (*g - *w).abs();
+            d.is_nan() || d > tol.abs + tol.rel * w.abs()
+        })
+        .count();
+    if bad > 0 {
+        return Err(format!("{bad} of {} elements off", g.len()));
+    }
+    Ok(())
+}
+
+/// Candidate qmatmul tiles (tiled, and coop where the device has it), each
+/// checked against the CPU on ragged Q4_0, Q6_K and F16 shapes, then timed
+/// at 512x4096x4096 and 512x4096x11008 Q4_0; then the 7b prefill estimate
+/// with each kernel's default tile.
+/// A qmatmul sweep entry: name, op, tolerance for a given K, peak FLOP/s.
+type QCandidate = (String, QMatMul, fn(usize) -> Tolerance, f64);
+
+fn qsweep(device: &Device, coop: bool, rng: &mut StdRng) {
+    let t = |bm, bn, bk, tm, tn, nbuf| QTiledTile {
+        bm,
+        bn,
+        bk,
+        tm,
+        tn,
+        nbuf,
+    };
+    let c = |warps_m, warps_n, fm, fn_, bk, nbuf| QCoopTile {
+        warps_m,
+        warps_n,
+        fm,
+        fn_,
+        bk,
+        nbuf,
+    };
+    let tiled = QMatMul::default().with_variant(QMatMulVariant::Tiled);
+    let exact = |k: usize| Tolerance::new(8.0 * f32::EPSILON * k as f32, 1e-5);
+    let mut candidates: Vec<QCandidate> = [
+        t(64, 128, 32, 8, 4, 1),
+        t(64, 128, 32, 4, 8, 1),
+        t(128, 128, 32, 8, 8, 1),
+        t(64, 256, 32, 8, 8, 1),
+        t(32, 128, 32, 4, 4, 1),
+    ]
+    .into_iter()
+    .map(|tile| {
+        let op = QMatMul {
+            tiled: Some(tile),
+            ..tiled
+        };
+        (
+            format!("{tile:?}"),
+            op,
+            exact as fn(usize) -> Tolerance,
+            H200_F32_FLOPS,
+        )
+    })
+    .collect();
+    if coop {
+        let coop_op = QMatMul::default().with_variant(QMatMulVariant::Coop);
+        let loose = |k: usize| Tolerance::new(2e-3 * (k as f32).sqrt(), 1e-5);
+        for tile in [
+            c(2, 2, 4, 4, 32, 1),
+            c(2, 4, 4, 2, 32, 1),
+            c(4, 4, 2, 2, 32, 1),
+            c(4, 2, 2, 4, 32, 1),
+            c(2, 4, 4, 4, 32, 1),
+        ] {
+            let op = QMatMul {
+                coop: Some(tile),
+                ..coop_op
+            };
+            candidates.push((format!("{tile:?}"), op, loose, H200_F16_TENSOR_FLOPS));
+        }
+    }
+    for (name, op, tol, peak) in candidates {
+        let mut verdict = Ok(());
+        for (w, k) in [(DType::Q4_0, 1024), (DType::Q6K, 1024), (DType::F16, 1000)] {
+            let (m, n) = (333, 517);
+            let descs = [f32d(&[m, k]), TensorDesc::new(w, [n, k])];
+            if let Err(e) = check_op(device, Arc::new(op), &descs, tol(k), rng) {
+                verdict = Err(format!("{w}: {e}"));
+                break;
+            }
+        }
+        let ok = match verdict {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("WRONG: {e}"),
+        };
+        let mut line = format!("qsweep {name:<75} check {ok:<8}");
+        for n in [4096, 11008] {
+            let b = qmatmul("", op, 512, 4096, n, DType::Q4_0, peak);
+            let timing = match Ready::new(device, b.op, &b.inputs, rng) {
+                Ok(mut r) => {
+                    let s = r.median();
+                    let Work::Flops(f, _) = b.work else { continue };
+                    format!("{:.3} ms {:.2} TFLOP/s", s * 1e3, f / s / 1e12)
+                }
+                Err(e) => e,
+            };
+            line += &format!("  N={n}: {timing}");
+        }
+        println!("{line}");
+    }
+    prefill_7b(device, tiled, "tiled", rng);
+    if coop {
+        let op = QMatMul::default().with_variant(QMatMulVariant::Coop);
+        prefill_7b(device, op, "coop", rng);
+    }
+}
+
+/// The CPU executor's quantized matmul at a 135M model's output-layer
+/// shape (M = 128 tokens, K = 576, N = 49152): what a perplexity run
+/// spends its time in.
+fn cpu_qmatmul(rng: &mut StdRng) {
+    let (m, k, n) = (128, 576, 49152);
+    for w in [DType::Q8_0, DType::Q4_1] {
+        let descs = [f32d(&[m, k]), TensorDesc::new(w, [n, k])];
+        let flops = 2.0 * (m * n * k) as f64;
+        match Ready::new(&Device::Cpu, Arc::new(QMatMul::default()), &descs, rng) {
+            Ok(mut r) => {
+                let mut t: Vec<f64> = (0..3).map(|_| r.time(1)).collect();
+                t.sort_by(f64::total_cmp);
+                println!(
+                    "cpu qmatmul {m}x{k}x{n} {w:<5} {:>9.3} s  {:>6.2} GFLOP/s  ({:.2} GFLOP)",
+                    t[1],
+                    flops / t[1] / 1e9,
+                    flops / 1e9
+                );
+            }
+            Err(e) => println!("cpu qmatmul {w}: not run: {e}"),
+        }
+    }
+}
+
 fn kernels(c: &mut Criterion) {
+    if std::env::var_os("KILN_BENCH_CPU").is_some() && std::env::args().any(|a| a == "--bench") {
+        cpu_qmatmul(&mut StdRng::seed_from_u64(7));
+    }
     let device = match Device::from_env() {
         Ok(d @ Device::Gpu(_)) => d,
         Ok(Device::Cpu) | Err(_) => {
@@ -389,11 +690,18 @@ fn kernels(c: &mut Criterion) {
     let coop = coop_available(&caps);
     println!("device: {}", device.name());
     let mut rng = StdRng::seed_from_u64(7);
-    if std::env::var_os("KILN_BENCH_SWEEP").is_some() {
-        sweep(&device, coop, &mut rng);
+    // KILN_BENCH_SWEEP=qmatmul sweeps qmatmul tiles only; =qmatvec adds
+    // rows to the table instead (decode_benches).
+    if let Some(which) = std::env::var_os("KILN_BENCH_SWEEP").filter(|w| w != "qmatvec") {
+        if which != "qmatmul" {
+            sweep(&device, coop, &mut rng);
+        }
+        qsweep(&device, coop, &mut rng);
     }
+    // KILN_BENCH_ONLY=qmatmul times only the rows whose name contains it.
+    let only = std::env::var("KILN_BENCH_ONLY").unwrap_or_default();
     let mut ready = Vec::new();
-    for b in benches(coop) {
+    for b in benches(coop).into_iter().filter(|b| b.name.contains(&only)) {
         match Ready::new(&device, b.op.clone(), &b.inputs, &mut rng) {
             Ok(mut r) => {
                 println!("{:<40} {}", b.name, napkin(b.work, r.median()));

@@ -9,21 +9,37 @@
 //! aligned sections). K must be a whole number of blocks (32 for the legacy
 //! types, 256 for the K-quants) and, for F16, of 8 values.
 //!
-//! Kernel: `qmatmul_matvec.wgsl`, one workgroup per 2 weight rows and 8 rows
-//! of x, invocations striding K and a subgroup (or workgroup-memory)
-//! reduction. Made for decode (M = 1..8); larger M runs as M / 8 such
-//! workgroup columns, correct but re-reading W once per 8 rows.
-
-use rayon::prelude::*;
+//! Kernels ([`QMatMulVariant`] picks one, by default from M):
+//! - `qmatmul_matvec.wgsl` (decode, M <= 8): one workgroup per 2 weight
+//!   rows and 8 rows of x, invocations striding K and a subgroup (or
+//!   workgroup-memory) reduction; W is read once per 8 rows of x.
+//! - `qmatmul_tiled.wgsl` (prefill, M > 8; [`tiled`]): 64 x 128 tiles of
+//!   y, W tiles decoded into workgroup memory once per 64 rows of x, a
+//!   register-blocked f32 outer product over them (~30 TFLOP/s on an H200
+//!   at 512 x 4096 x 4096 Q4_0).
+//! - `qmatmul_coop.wgsl` (prefill on tensor cores, on request: [`coop`]):
+//!   W tiles decoded to f16, x rounded to f16, 16x16x16 cooperative
+//!   matrices accumulating in f32 (~100 TFLOP/s there), at the cost of f16
+//!   rounding of both factors.
+//!
+//! Every kernel decodes W with the one set of decoders in
+//! `qmatmul_decode.wgsl` ([`decoder_source`]). The CPU reference (`qmatmul/cpu.rs`)
+//! decodes a few W rows at a time and sums in f64.
 
 use crate::cases::{OpCase, Tolerance};
 use crate::check;
 use crate::dtype::DType;
 use crate::layout;
 use crate::op::{grid, params_bytes, Caps, GpuKernel, Op, OpError};
-use crate::quant;
 use crate::template::{fill, u};
 use crate::tensor::{CpuTensor, TensorDesc};
+
+pub mod coop;
+mod cpu;
+pub mod tiled;
+
+pub use coop::QCoopTile;
+pub use tiled::QTiledTile;
 
 const WGSL_MATVEC: &str = include_str!("../wgsl/qmatmul_matvec.wgsl");
 const WGSL_DECODE: &str = include_str!("../wgsl/qmatmul_decode.wgsl");
@@ -44,6 +60,11 @@ pub const WEIGHT_DTYPES: [DType; 9] = [
     DType::F16,
 ];
 
+/// Rows of x up to which [`QMatMulVariant::Auto`] runs the matvec kernel.
+pub const MATVEC_MAX_M: usize = 8;
+/// Rows of x from which [`QMatMulVariant::AutoF16`] runs the coop kernel.
+pub const COOP_MIN_M: usize = 64;
+
 /// Invocations per workgroup of the matvec kernel.
 const WG: u32 = 64;
 /// Weight rows per workgroup.
@@ -51,7 +72,7 @@ const ROWS: u32 = 2;
 /// Most rows of x per workgroup (one W chunk serves all of them).
 const MAX_MR: u32 = 8;
 
-/// Mirrors `Params` in `qmatmul_matvec.wgsl`.
+/// Mirrors `Params` in every qmatmul kernel (`qmatmul_*.wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -65,19 +86,51 @@ struct Params {
     s3: u32,
 }
 
+/// Which kernel to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QMatMulVariant {
+    /// Matvec for M <= [`MATVEC_MAX_M`], tiled above: f32 throughout.
+    #[default]
+    Auto,
+    /// As `Auto`, but the coop kernel for M >= [`COOP_MIN_M`] where the
+    /// device has cooperative matrices: ~3x the tiled kernel's speed for
+    /// prefill on an H200, with x and W rounded to f16 ([`coop`] says how
+    /// far off).
+    AutoF16,
+    MatVec,
+    Tiled,
+    /// Fails with [`OpError::Unsupported`] on devices without f16 x f16 ->
+    /// f32 16x16x16 cooperative matrices.
+    Coop,
+}
+
 /// The op: `x · Wᵀ` with W quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QMatMul {
-    /// Use the subgroup reduction when the device has subgroups. Off only
-    /// to test the workgroup-memory reduction on such a device.
+    /// Use the subgroup reduction of the matvec kernel when the device has
+    /// subgroups. Off only to test the workgroup-memory reduction on such a
+    /// device.
     pub allow_subgroups: bool,
+    pub variant: QMatMulVariant,
+    /// Override the kernels' tile shapes (for tuning).
+    pub tiled: Option<QTiledTile>,
+    pub coop: Option<QCoopTile>,
 }
 
 impl Default for QMatMul {
     fn default() -> QMatMul {
         QMatMul {
             allow_subgroups: true,
+            variant: QMatMulVariant::Auto,
+            tiled: None,
+            coop: None,
         }
+    }
+}
+
+impl QMatMul {
+    pub fn with_variant(self, variant: QMatMulVariant) -> QMatMul {
+        QMatMul { variant, ..self }
     }
 }
 
@@ -154,6 +207,16 @@ impl Op for QMatMul {
         NAME
     }
 
+    /// Every kernel guards its global reads (x by M and K; W through the
+    /// decoders, called only for rows < N and chunks < K / CHUNK) and its
+    /// stores (by M and N; coop stores straight to y only for tiles inside
+    /// it), and workgroup-memory indices are bounded by the tile constants.
+    /// The op cases run ragged M, N and K (K past BK for F16) through every
+    /// kernel and tile variant, so naga's checks only cost time here.
+    fn trusted(&self) -> bool {
+        true
+    }
+
     fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
         let d = dims(inputs)?;
         let x = &inputs[0].shape;
@@ -163,33 +226,18 @@ impl Op for QMatMul {
     }
 
     /// Dequantize W (ggml's arithmetic), then an f64-accumulated product:
-    /// the reference's own rounding is negligible next to the GPU's.
+    /// the reference's own rounding is negligible next to the GPU's. Done
+    /// a few W rows at a time, each decoded once for every row of x
+    /// (`qmatmul/cpu.rs`).
     fn cpu(&self, inputs: &[&CpuTensor], out: &mut CpuTensor) -> Result<(), OpError> {
         let descs = [inputs[0].desc().clone(), inputs[1].desc().clone()];
-        let Dims { n, k, .. } = dims(&descs)?;
+        let Dims { m, n, k } = dims(&descs)?;
         let x = inputs[0]
             .to_f32()
             .map_err(|_| check::not_f32(NAME, inputs[0].dtype()))?;
-        let w = quant::dequantize_to_vec(inputs[1].dtype(), &inputs[1].bytes())
-            .map_err(|_| check::not_f32(NAME, inputs[1].dtype()))?;
+        let wd = inputs[1].dtype();
         let y = out.as_f32_mut().ok_or(check::not_f32(NAME, DType::F32))?;
-        if n == 0 || k == 0 {
-            y.iter_mut().for_each(|v| *v = 0.0);
-            return Ok(());
-        }
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(k))
-            .for_each(|(y_row, x_row)| {
-                for (out, w_row) in y_row.iter_mut().zip(w.chunks_exact(k)) {
-                    let sum: f64 = x_row
-                        .iter()
-                        .zip(w_row)
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                        .sum();
-                    *out = sum as f32;
-                }
-            });
-        Ok(())
+        cpu::qmatmul(wd, &x, &inputs[1].bytes(), y, (m, n, k)).map_err(|_| check::not_f32(NAME, wd))
     }
 
     fn gpu(
@@ -200,9 +248,6 @@ impl Op for QMatMul {
     ) -> Result<GpuKernel, OpError> {
         let d = dims(inputs)?;
         let wd = inputs[1].dtype;
-        let sg = self.allow_subgroups && caps.subgroups;
-        let mr = (d.m as u32).clamp(1, MAX_MR);
-        let chunk = chunk_len(wd);
         let offsets = layout::section_offsets(&inputs[1]).unwrap_or_default();
         let off = |i: usize| offsets.get(i).map_or(0, |&o| o as u32);
         // dims() checked that every count fits u32.
@@ -210,12 +255,47 @@ impl Op for QMatMul {
             m: d.m as u32,
             n: d.n as u32,
             k: d.k as u32,
-            chunks: (d.k / chunk) as u32,
+            chunks: (d.k / chunk_len(wd)) as u32,
             blocks: (d.k / wd.block_size()) as u32,
             s1: off(1),
             s2: off(2),
             s3: off(3),
         };
+        let variant = match self.variant {
+            QMatMulVariant::AutoF16 if d.m >= COOP_MIN_M && crate::matmul::coop_available(caps) => {
+                QMatMulVariant::Coop
+            }
+            QMatMulVariant::Auto | QMatMulVariant::AutoF16 if d.m <= MATVEC_MAX_M => {
+                QMatMulVariant::MatVec
+            }
+            QMatMulVariant::Auto | QMatMulVariant::AutoF16 => QMatMulVariant::Tiled,
+            v => v,
+        };
+        match variant {
+            QMatMulVariant::Coop => {
+                let tile = self.coop.unwrap_or_else(coop::default_tile);
+                coop::kernel(&d, wd, &params, tile, caps)
+            }
+            QMatMulVariant::Tiled => {
+                let tile = self.tiled.unwrap_or_else(|| tiled::default_tile(caps));
+                tiled::kernel(&d, wd, &params, tile, caps)
+            }
+            _ => self.matvec(inputs, &d, wd, &params, caps),
+        }
+    }
+}
+
+impl QMatMul {
+    fn matvec(
+        &self,
+        inputs: &[TensorDesc],
+        d: &Dims,
+        wd: DType,
+        params: &Params,
+        caps: &Caps,
+    ) -> Result<GpuKernel, OpError> {
+        let sg = self.allow_subgroups && caps.subgroups;
+        let mr = (d.m as u32).clamp(1, MAX_MR);
         let reduce = if sg {
             REDUCE_SUBGROUP
         } else {
@@ -227,7 +307,7 @@ impl Op for QMatMul {
                 ("WG", u(WG)),
                 ("ROWS", u(ROWS)),
                 ("MR", u(mr)),
-                ("CHUNK", u(chunk as u32)),
+                ("CHUNK", u(chunk_len(wd) as u32)),
                 ("DECODERS", decoder_source(wd)),
                 ("DECODE", format!("decode_{}", wd.name())),
                 ("REDUCE", reduce.into()),
@@ -251,16 +331,50 @@ impl Op for QMatMul {
             ),
             source: source.into(),
             entry: "main",
-            params: params_bytes(&params),
+            params: params_bytes(params),
             workgroups,
         })
     }
 }
 
-/// Every weight type on decode shapes (M = 1, 2, 7), a batched x, and
-/// prefill-sized M (33, 64); K from one block to 1536; ragged N.
+/// Every weight type on decode shapes (M = 1, 2, 7; the matvec kernel),
+/// prefill shapes (M = 9, 33, 64, 130 and a batched x folding into M = 66;
+/// the tiled kernel), K from one block to 1536, ragged N (1, 3, 49, 576,
+/// 1000). Each kernel is also forced where Auto would not pick it, and
+/// (for Q4_0, Q6_K and F16) the tiled kernel runs with 8 x 8 per
+/// invocation, and with two staging buffers and BK = 64 (overhanging
+/// K = 32); for F16, K = 200 overhangs both BKs.
 pub fn cases() -> Vec<OpCase> {
+    let mut cases = tiled_cases();
+    cases.extend(coop_cases());
+    cases
+}
+
+/// x's shape without K, K, N, the variant and a tile override.
+type CaseShape<T> = (&'static [usize], usize, usize, QMatMulVariant, Option<T>);
+
+fn tiled_cases() -> Vec<OpCase> {
+    use QMatMulVariant::{Auto, MatVec, Tiled};
     let f = |s: &[usize]| TensorDesc::f32(s);
+    // 8 x 8 per invocation (32 KiB).
+    let single = QTiledTile {
+        bm: 128,
+        bn: 128,
+        bk: 32,
+        tm: 8,
+        tn: 8,
+        nbuf: 1,
+    };
+    // Two chunks per row and step (eight for F16): each of the 64
+    // invocations decodes one or more.
+    let deep = QTiledTile {
+        bm: 32,
+        bn: 32,
+        bk: 64,
+        tm: 4,
+        tn: 4,
+        nbuf: 2,
+    };
     let mut cases = Vec::new();
     for wd in WEIGHT_DTYPES {
         let ks: [usize; 3] = if wd.block_size() == 256 {
@@ -268,19 +382,39 @@ pub fn cases() -> Vec<OpCase> {
         } else {
             [32, 576, 1536]
         };
-        let shapes: [(&[usize], usize, usize); 6] = [
-            (&[1], ks[0], 1),
-            (&[1], ks[2], 49),
-            (&[2], ks[1], 3),
-            (&[7], ks[1], 576),
-            (&[2, 3], ks[0], 1000),
-            (&[33], ks[2], 49),
+        let mut shapes: Vec<CaseShape<QTiledTile>> = vec![
+            (&[1], ks[0], 1, Auto, None),
+            (&[1], ks[2], 49, Auto, None),
+            (&[2], ks[1], 3, Auto, None),
+            (&[7], ks[1], 576, Auto, None),
+            (&[2, 3], ks[0], 1000, Auto, None),
+            (&[33], ks[2], 49, MatVec, None),
+            (&[9], ks[1], 49, Auto, None),
+            (&[33], ks[2], 49, Auto, None),
+            (&[64], ks[1], 576, Auto, None),
+            (&[130], ks[1], 1000, Auto, None),
+            (&[2, 33], ks[0], 1000, Auto, None),
+            (&[3], ks[1], 49, Tiled, None),
         ];
-        for (i, (m, k, n)) in shapes.into_iter().enumerate() {
+        // Other tile shapes on one type of each family (each distinct
+        // kernel costs a pipeline build, ~0.5 s on lavapipe).
+        if matches!(wd, DType::Q4_0 | DType::Q6K | DType::F16) {
+            shapes.push((&[9], ks[1], 576, Tiled, Some(single)));
+            shapes.push((&[130], ks[0], 49, Tiled, Some(deep)));
+        }
+        if wd == DType::F16 {
+            // K a multiple of 8 but not of BK.
+            shapes.push((&[40], 200, 49, Auto, None));
+            shapes.push((&[40], 200, 49, Tiled, Some(deep)));
+        }
+        for (i, (m, k, n, variant, tiled)) in shapes.into_iter().enumerate() {
             let mut x = m.to_vec();
             x.push(k);
             let op = QMatMul {
                 allow_subgroups: i % 2 == 0,
+                variant,
+                tiled,
+                coop: None,
             };
             cases.push(OpCase::new(
                 op,
@@ -288,14 +422,68 @@ pub fn cases() -> Vec<OpCase> {
                 tolerance(k),
             ));
         }
-        let op = QMatMul::default();
-        cases.push(OpCase::new(
-            op,
-            vec![f(&[64, ks[1]]), TensorDesc::new(wd, [576, ks[1]])],
-            tolerance(ks[1]),
-        ));
     }
     cases
+}
+
+/// The coop kernel (run only where the device has cooperative matrices):
+/// ragged and aligned (direct-store) tiles, a batched x, a second tile
+/// shape with one staging buffer, F16 with K = 200 (overhanging BK), and
+/// `AutoF16` choosing it.
+fn coop_cases() -> Vec<OpCase> {
+    use QMatMulVariant::{AutoF16, Coop};
+    let f = |s: &[usize]| TensorDesc::f32(s);
+    let big = QCoopTile {
+        warps_m: 2,
+        warps_n: 4,
+        fm: 4,
+        fn_: 4,
+        bk: 32,
+        nbuf: 1,
+    };
+    let mut cases = Vec::new();
+    for wd in WEIGHT_DTYPES {
+        let ks: [usize; 3] = if wd.block_size() == 256 {
+            [256, 768, 1536]
+        } else {
+            [32, 576, 1536]
+        };
+        let mut shapes: Vec<CaseShape<QCoopTile>> = vec![
+            (&[64], ks[1], 576, AutoF16, None),
+            (&[130], ks[2], 1000, Coop, None),
+            (&[128], ks[1], 256, Coop, None),
+            (&[2, 33], ks[0], 49, Coop, None),
+            (&[9], ks[1], 49, Coop, None),
+            (&[130], ks[1], 1000, Coop, Some(big)),
+            (&[256], ks[0], 512, Coop, Some(big)),
+        ];
+        if wd == DType::F16 {
+            shapes.push((&[70], 200, 130, Coop, None));
+        }
+        for (m, k, n, variant, coop) in shapes {
+            let mut x = m.to_vec();
+            x.push(k);
+            let op = QMatMul {
+                variant,
+                coop,
+                ..QMatMul::default()
+            };
+            cases.push(OpCase::new(
+                op,
+                vec![f(&x), TensorDesc::new(wd, [n, k])],
+                coop_tolerance(k),
+            ));
+        }
+    }
+    cases
+}
+
+/// x and W rounded to f16 (relative error <= 2^-11 each): with both of
+/// magnitude <= 1, the K-term sum errs by ~4e-4 * sqrt(K) at most over
+/// 10^5 random outputs (simulated in float64 for K = 32 .. 1536); 2e-3 *
+/// sqrt(K) leaves room, and is still below a wrongly decoded block's error.
+fn coop_tolerance(k: usize) -> Tolerance {
+    Tolerance::new(2e-3 * (k as f32).sqrt(), 1e-5)
 }
 
 /// With x and the dequantized W of magnitude <= 1, a K-term dot product has

@@ -34,9 +34,13 @@ fn every_quant_kernel_variant_validates() {
     let mut all: Vec<(String, Box<dyn Op>, Vec<TensorDesc>)> = Vec::new();
     for wd in WEIGHT_DTYPES {
         let k = if wd.block_size() == 256 { 512 } else { 64 };
-        for m in [1, 2, 8, 40] {
+        // 1..8: matvec; 40, 130: tiled.
+        for m in [1, 2, 8, 40, 130] {
             for allow_subgroups in [true, false] {
-                let op = QMatMul { allow_subgroups };
+                let op = QMatMul {
+                    allow_subgroups,
+                    ..QMatMul::default()
+                };
                 let inputs = vec![TensorDesc::f32([m, k]), TensorDesc::new(wd, [5, k])];
                 all.push((format!("{op:?} {inputs:?}"), Box::new(op), inputs));
             }
