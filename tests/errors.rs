@@ -29,7 +29,14 @@ fn write(dir: &Path, name: &str, bytes: Vec<u8>) -> PathBuf {
 }
 
 fn load(path: &Path, ctx: usize) -> Result<Model, Error> {
-    Model::load(path, &Device::Cpu, ModelOptions { ctx })
+    Model::load(
+        path,
+        &Device::Cpu,
+        ModelOptions {
+            ctx,
+            ..Default::default()
+        },
+    )
 }
 
 /// The model error inside `err`, after checking its message names the

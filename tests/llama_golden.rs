@@ -67,7 +67,15 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 fn load(path: &PathBuf, device: &Device) -> Model {
-    Model::load(path, device, ModelOptions { ctx: 64 }).expect("model loads")
+    Model::load(
+        path,
+        device,
+        ModelOptions {
+            ctx: 64,
+            ..Default::default()
+        },
+    )
+    .expect("model loads")
 }
 
 #[test]
@@ -158,7 +166,15 @@ fn requests_past_the_context_are_errors() {
     let Some(path) = model_path("context") else {
         return;
     };
-    let mut model = Model::load(&path, &Device::Cpu, ModelOptions { ctx: 8 }).expect("model loads");
+    let mut model = Model::load(
+        &path,
+        &Device::Cpu,
+        ModelOptions {
+            ctx: 8,
+            ..Default::default()
+        },
+    )
+    .expect("model loads");
     let options = GenerateOptions {
         max_tokens: 5,
         ..GenerateOptions::default()

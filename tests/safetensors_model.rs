@@ -34,8 +34,15 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn logits(path: &Path, device: &Device) -> (Model, Vec<f32>) {
-    let mut model = Model::load(path, device, ModelOptions { ctx: 32 })
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut model = Model::load(
+        path,
+        device,
+        ModelOptions {
+            ctx: 32,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let tokens: Vec<u32> = (0..TOKENS as u32).map(|i| (i * 37 + 5) % 300).collect();
     let logits = model.logits_all(&tokens, 0).expect("runs");
     (model, logits)

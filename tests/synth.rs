@@ -51,8 +51,15 @@ fn every_quant_writes_a_model_kiln_runs() {
         assert_eq!(dtype("blk.1.ffn_down.weight"), Some(quant));
         assert_eq!(dtype("blk.0.attn_norm.weight"), Some(DType::F32));
 
-        let mut model = Model::load(&path, &Device::Cpu, ModelOptions { ctx: 16 })
-            .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let mut model = Model::load(
+            &path,
+            &Device::Cpu,
+            ModelOptions {
+                ctx: 16,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{spec}: {e}"));
         assert_eq!(model.vocab_size(), VOCAB);
         let ids = model
             .tokenizer()

@@ -102,9 +102,12 @@ pub fn run(args: Args) -> Result<()> {
         bail!("nothing to run: -p and -n are both 0");
     }
     let device = args.device.open()?;
-    let ctx = args.n_prompt.max(args.n_gen).max(1);
+    let options = ModelOptions {
+        ctx: args.n_prompt.max(args.n_gen).max(1),
+        f16_prefill: args.device.f16_prefill,
+    };
     let (mut model, info) = match args.synthetic {
-        Some(spec) => load_synthetic(spec, &device, ctx)?,
+        Some(spec) => load_synthetic(spec, &device, options)?,
         None => {
             let path = model_path(args.model.clone())?;
             let name = path.file_name().map_or_else(
@@ -112,7 +115,7 @@ pub fn run(args: Args) -> Result<()> {
                 |n| n.to_string_lossy().into(),
             );
             let info = describe(&path, name)?;
-            let model = Model::load(&path, &device, ModelOptions { ctx })
+            let model = Model::load(&path, &device, options)
                 .with_context(|| format!("loading {}", path.display()))?;
             (model, info)
         }
@@ -133,7 +136,11 @@ pub fn run(args: Args) -> Result<()> {
             samples.push(args.n_prompt as f64 / start.elapsed().as_secs_f64());
         }
         rows.push(Row {
-            test: format!("pp{}", args.n_prompt),
+            test: format!(
+                "pp{}{}",
+                args.n_prompt,
+                if args.device.f16_prefill { " f16" } else { "" }
+            ),
             samples,
         });
     }
@@ -154,6 +161,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     print(&args, &info, &model.device_name(), &rows);
     if args.profile {
+        if args.n_gen > 0 {
+            // The GPU's time for a decode step alone, against the wall
+            // time per token above: the difference is the host's share.
+            let pos = args.n_gen - 1;
+            let t = model.time_forward(&tokens[..1], pos, 32)?;
+            println!();
+            println!(
+                "decode step at position {pos}: {:.1} µs on the device per step (32 back to back, no readback; wall {:.1} µs)",
+                t.device_s.unwrap_or(f64::NAN) * 1e6,
+                t.wall_s * 1e6
+            );
+        }
         if args.n_prompt > 0 {
             let times = model.profile(&tokens[..args.n_prompt], 0)?;
             print_profile(&format!("pp{}", args.n_prompt), &times);
@@ -203,7 +222,7 @@ fn print_profile(what: &str, times: &[OpTime]) {
 fn load_synthetic(
     spec: SynthSpec,
     device: &kiln::Device,
-    ctx: usize,
+    options: ModelOptions,
 ) -> Result<(Model, ModelInfo)> {
     let path = std::env::temp_dir().join(format!(
         "kiln-synth-{}-{}.gguf",
@@ -216,7 +235,7 @@ fn load_synthetic(
         .map_err(anyhow::Error::from)
         .and_then(|()| {
             let info = describe(&path, format!("synth {spec}"))?;
-            let model = Model::load(&path, device, ModelOptions { ctx })?;
+            let model = Model::load(&path, device, options)?;
             Ok((model, info))
         })
         .with_context(|| format!("building the synthetic model {spec}"));

@@ -89,6 +89,10 @@ pub struct DeviceArg {
     /// Where to run: gpu, cpu, an adapter index or part of its name.
     #[arg(long, env = "KILN_DEVICE", default_value = "gpu")]
     device: String,
+    /// Prompt processing through f16 tensor cores where the GPU has them:
+    /// ~3x faster prefill, x and weights rounded to f16 in those products.
+    #[arg(long)]
+    pub f16_prefill: bool,
 }
 
 impl DeviceArg {
@@ -129,10 +133,13 @@ pub fn model_path(given: Option<PathBuf>) -> Result<PathBuf> {
 
 /// Loads the model named by `-m` (or the default) on the chosen device.
 pub fn load_model(model: Option<PathBuf>, device: &DeviceArg, ctx: usize) -> Result<Model> {
+    let options = ModelOptions {
+        ctx,
+        f16_prefill: device.f16_prefill,
+    };
     let path = model_path(model)?;
     let device = device.open()?;
-    Model::load(&path, &device, ModelOptions { ctx })
-        .with_context(|| format!("loading {}", path.display()))
+    Model::load(&path, &device, options).with_context(|| format!("loading {}", path.display()))
 }
 
 pub fn run(args: Args) -> Result<()> {

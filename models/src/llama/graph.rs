@@ -12,7 +12,7 @@ use kiln_kernels::elementwise::{Add, Mul, Silu};
 use kiln_kernels::flash_attn::FlashAttention;
 use kiln_kernels::get_rows::GetRows;
 use kiln_kernels::kv_append::KvAppend;
-use kiln_kernels::qmatmul::QMatMul;
+use kiln_kernels::qmatmul::{QMatMul, QMatMulVariant};
 use kiln_kernels::qmatvec::{Prologue, QMatVec, MAX_MR};
 use kiln_kernels::rms_norm::RmsNorm;
 use kiln_kernels::rope::Rope;
@@ -72,6 +72,18 @@ impl Caches {
             .collect::<Result<_, _>>()?;
         Ok(Caches { ctx, k, v })
     }
+}
+
+/// Choices a forward graph leaves open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GraphOptions {
+    /// Decode attention split over key chunks of [`SPLIT_CHUNK`] (parallel
+    /// at any length, one dispatch more), or one workgroup per head (best
+    /// while every query sees at most one chunk). `Model` picks per step.
+    pub split_attention: bool,
+    /// Prefill products through f16 cooperative matrices where the device
+    /// has them (x and W rounded to f16); f32 tiles otherwise.
+    pub f16_prefill: bool,
 }
 
 /// Which positions' logits a forward returns.
@@ -151,21 +163,23 @@ impl ForwardGraph {
         n_tokens: usize,
         mode: LogitsMode,
     ) -> Result<ForwardGraph, ModelError> {
-        Self::build_with(config, weights, caches, n_tokens, mode, true)
+        let options = GraphOptions {
+            split_attention: true,
+            f16_prefill: false,
+        };
+        Self::build_with(config, weights, caches, n_tokens, mode, options)
     }
 
-    /// [`ForwardGraph::build`], choosing the decode attention: split over
-    /// key chunks of [`SPLIT_CHUNK`] (parallel at any length, one dispatch
-    /// more), or one workgroup per head (best while every query sees at
-    /// most one chunk of keys). Model picks per step from the position.
+    /// [`ForwardGraph::build`] with the choices of [`GraphOptions`].
     pub fn build_with(
         config: &LlamaConfig,
         weights: &LlamaWeights,
         caches: &Caches,
         n_tokens: usize,
         mode: LogitsMode,
-        split_attention: bool,
+        options: GraphOptions,
     ) -> Result<ForwardGraph, ModelError> {
+        let split_attention = options.split_attention;
         if n_tokens == 0 {
             return Err(ModelError::BadValue {
                 key: "n_tokens".into(),
@@ -186,7 +200,11 @@ impl ForwardGraph {
             freq_scale: c.rope.freq_scale,
         };
         let attn_cfg = AttnConfig::causal(c.head_dim).window(c.sliding_window);
-        let mm = QMatMul::default();
+        let mm = if options.f16_prefill {
+            QMatMul::default().with_variant(QMatMulVariant::AutoF16)
+        } else {
+            QMatMul::default()
+        };
         // Decode-sized steps run the fused matvec: the norms, SwiGLU and
         // residual adds ride along in the products, so a layer is 11
         // dispatches in 7 dependent steps instead of 18 (each dependent

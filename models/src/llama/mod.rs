@@ -9,7 +9,7 @@ pub mod graph;
 pub mod weights;
 
 pub use config::{Arch, LlamaConfig, RopeConfig};
-pub use graph::{Caches, ForwardGraph, ForwardInputs, LogitsMode, SPLIT_CHUNK};
+pub use graph::{Caches, ForwardGraph, ForwardInputs, GraphOptions, LogitsMode, SPLIT_CHUNK};
 pub use weights::{names, LayerWeights, LlamaWeights, TensorNames};
 
 #[cfg(test)]
