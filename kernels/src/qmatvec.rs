@@ -356,13 +356,10 @@ impl Op for QMatVec {
         let mr = (d.m as u32).clamp(1, MAX_MR);
         let quads = (d.k / 4) as u32;
         let mut wg: u32 = if quads >= 512 { 128 } else { 64 };
-        // Enough workgroups to fill a big GPU; past that, more rows per
-        // workgroup reuse each quad of x more.
-        let most_rows = if mr > 4 { 4 } else { 8 };
-        let mut rows = [8u32, 4, 2]
-            .into_iter()
-            .find(|&r| r <= most_rows && d.n as u32 / r >= 1024)
-            .unwrap_or(1);
+        // Two weight rows per workgroup where that still leaves 1024
+        // workgroups: on the H200, more rows per workgroup (fewer, longer
+        // workgroups) measured slower at every 7B shape.
+        let mut rows = if d.n as u32 / 2 >= 1024 { 2 } else { 1 };
         let mut unroll = 2;
         if let Some((w, r, u)) = self.shape {
             (wg, rows, unroll) = (
