@@ -34,6 +34,29 @@ const REDUCE_SUBGROUP: &str = include_str!("../wgsl/qmatmul_reduce_subgroup.wgsl
 const REDUCE_WORKGROUP: &str = include_str!("../wgsl/qmatmul_reduce_workgroup.wgsl");
 const NAME: &str = "qmatvec";
 
+/// `inv_rms`'s reduction of `ss` into `total` through subgroups: one
+/// barrier instead of a tree's log2(WG).
+const SUM_SG: &str = "let s = subgroupAdd(ss);
+    if ids.sg_lane == 0u {
+        norm_red[ids.sg_id] = s;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < ids.n_sg; i++) {
+        total += norm_red[i];
+    }";
+
+/// `inv_rms`'s reduction through a tree in workgroup memory.
+const SUM_WG: &str = "norm_red[ids.lid] = ss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if ids.lid < s {
+            norm_red[ids.lid] += norm_red[ids.lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = norm_red[0];";
+
 /// Weight dtypes the kernel decodes.
 pub const WEIGHT_DTYPES: [DType; 10] = [
     DType::Q4_0,
@@ -237,7 +260,7 @@ fn unrolled(
     for i in 0..mr {
         setup += &format!("    let xm{i} = min(m0 + {i}u, p.m - 1u);\n");
         if norm {
-            setup += &format!("    let inv{i} = inv_rms(xm{i}, ids.lid);\n");
+            setup += &format!("    let inv{i} = inv_rms(xm{i}, ids);\n");
         }
     }
     for r in 0..rows {
@@ -442,6 +465,7 @@ impl Op for QMatVec {
                 ),
                 ("SETUP", setup),
                 ("LOOPS", loops),
+                ("SUM_SQUARES", if sg { SUM_SG } else { SUM_WG }.into()),
                 ("ACCS", accs),
                 (
                     "STORE",

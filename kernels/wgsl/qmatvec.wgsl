@@ -47,23 +47,17 @@ fn x_quad(m: u32, t: u32) -> vec4<f32> {
 
 var<workgroup> norm_red: array<f32, WG>;
 
-// NORM: 1 / rms of x row m, reduced over the workgroup (uniform control
-// flow: every invocation calls it for the same rows).
-fn inv_rms(m: u32, lid: u32) -> f32 {
+// NORM: 1 / rms of x row m (uniform control flow: every invocation calls
+// it for the same rows). The sum of squares is reduced by SUM_SQUARES
+// (subgroups, or a tree through workgroup memory).
+fn inv_rms(m: u32, ids: Ids) -> f32 {
     var ss = 0.0;
-    for (var t = lid; t < p.quads; t += WG) {
+    for (var t = ids.lid; t < p.quads; t += WG) {
         let v = x[m * p.quads + t];
         ss += dot(v, v);
     }
-    norm_red[lid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            norm_red[lid] += norm_red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / sqrt(norm_red[0] / f32(p.k) + p.eps);
+    {{SUM_SQUARES}}
+    let inv = 1.0 / sqrt(total / f32(p.k) + p.eps);
     workgroupBarrier();
     return inv;
 }
