@@ -199,8 +199,9 @@ impl Model {
     /// allocates the KV cache. `path` is a GGUF file, or an HF checkpoint:
     /// a directory (or a `.safetensors`/`.json` file in it) with
     /// `config.json`, the weights in `model.safetensors` or in the shards
-    /// `model.safetensors.index.json` lists (F32, F16 or BF16; matrices are
-    /// stored as F16 on the device), `tokenizer.json`, and optionally
+    /// `model.safetensors.index.json` lists (F32, F16 or BF16; F32 stays
+    /// F32, BF16 matrices become F16, exact within F16's range),
+    /// `tokenizer.json`, and optionally
     /// `tokenizer_config.json` (special tokens, chat template).
     ///
     /// HF keeps LLaMA's q and k rows in the order its `rotate_half` rope

@@ -19,10 +19,11 @@ use kiln::{Device, Model, ModelOptions};
 const TOKENS: usize = 16;
 
 /// Budget relative to the largest logit. The models hold the same values
-/// (on a grid exact in BF16, F16 and F32, and stored as F16 on the device
-/// either way), so logits differ only where the two rope orders sum q·k in
-/// a different order: ~1e-7 relative. A wrong permutation moves them by
-/// about their own scale.
+/// (on a grid exact in BF16, F16 and F32; F32 matrices stay F32 on the
+/// device, the others are stored as F16), so logits differ only where sums
+/// run in a different order (the two rope orders' q·k, F32's 4-value
+/// chunks against F16's 8): ~1e-7 relative. A wrong permutation moves them
+/// by about their own scale.
 const TOLERANCE: f32 = 1e-4;
 
 fn temp_dir(name: &str) -> PathBuf {

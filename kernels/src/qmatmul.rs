@@ -1,13 +1,13 @@
 //! Matrix multiplication by a quantized weight: `y[.., M, N] = x[.., M, K] ·
-//! Wᵀ` with `W: [N, K]` in Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K
-//! or F16 (ggml's linear-layer convention), x and y F32. Batch dimensions of
-//! x share W, so they fold into M. Accumulation is f32 on dequantized
-//! weights: unlike llama.cpp, x is never quantized to Q8, so results are as
-//! close to the exact product as f32 allows.
+//! Wᵀ` with `W: [N, K]` in Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+//! F16 or F32 (ggml's linear-layer convention), x and y F32. Batch
+//! dimensions of x share W, so they fold into M. Accumulation is f32 on
+//! dequantized weights: unlike llama.cpp, x is never quantized to Q8, so
+//! results are as close to the exact product as f32 allows.
 //!
 //! W is read in the GPU layout of [`crate::layout`] (blocks split into
 //! aligned sections). K must be a whole number of blocks (32 for the legacy
-//! types, 256 for the K-quants) and, for F16, of 8 values.
+//! types, 256 for the K-quants) and, for F16, of 8 values, for F32 of 4.
 //!
 //! Kernels ([`QMatMulVariant`] picks one, by default from M):
 //! - `qmatmul_matvec.wgsl` (decode, M <= 8): one workgroup per 2 weight
@@ -20,7 +20,7 @@
 //! - `qmatmul_coop.wgsl` (prefill on tensor cores, on request: [`coop`]):
 //!   W tiles decoded to f16, x rounded to f16, 16x16x16 cooperative
 //!   matrices accumulating in f32 (~100 TFLOP/s there), at the cost of f16
-//!   rounding of both factors.
+//!   rounding of both factors (for F32 weights too).
 //!
 //! Every kernel decodes W with the one set of decoders in
 //! `qmatmul_decode.wgsl` ([`decoder_source`]). The CPU reference (`qmatmul/cpu.rs`)
@@ -48,7 +48,7 @@ const REDUCE_WORKGROUP: &str = include_str!("../wgsl/qmatmul_reduce_workgroup.wg
 const NAME: &str = "qmatmul";
 
 /// Weight dtypes the kernels decode.
-pub const WEIGHT_DTYPES: [DType; 9] = [
+pub const WEIGHT_DTYPES: [DType; 10] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -58,6 +58,7 @@ pub const WEIGHT_DTYPES: [DType; 9] = [
     DType::Q5K,
     DType::Q6K,
     DType::F16,
+    DType::F32,
 ];
 
 /// Rows of x up to which [`QMatMulVariant::Auto`] runs the matvec kernel.
@@ -154,12 +155,14 @@ pub(crate) fn decoder_source(dtype: DType) -> String {
     format!("{helpers}// {decoder}")
 }
 
-/// Values per chunk: what one invocation decodes at a time.
+/// Values per chunk: what one invocation decodes at a time. One vec4<u32>
+/// load for the floats (8 halves, 4 floats), a block or K-quant sub-block
+/// of 32 for the rest.
 fn chunk_len(dtype: DType) -> usize {
-    if dtype == DType::F16 {
-        8
-    } else {
-        32
+    match dtype {
+        DType::F16 => 8,
+        DType::F32 => 4,
+        _ => 32,
     }
 }
 
@@ -211,8 +214,9 @@ impl Op for QMatMul {
     /// decoders, called only for rows < N and chunks < K / CHUNK) and its
     /// stores (by M and N; coop stores straight to y only for tiles inside
     /// it), and workgroup-memory indices are bounded by the tile constants.
-    /// The op cases run ragged M, N and K (K past BK for F16) through every
-    /// kernel and tile variant, so naga's checks only cost time here.
+    /// The op cases run ragged M, N and K (K past BK for F16 and F32, and
+    /// for F32 K not a multiple of 8, coop's x group) through every kernel
+    /// and tile variant, so naga's checks only cost time here.
     fn trusted(&self) -> bool {
         true
     }
@@ -341,9 +345,10 @@ impl QMatMul {
 /// prefill shapes (M = 9, 33, 64, 130 and a batched x folding into M = 66;
 /// the tiled kernel), K from one block to 1536, ragged N (1, 3, 49, 576,
 /// 1000). Each kernel is also forced where Auto would not pick it, and
-/// (for Q4_0, Q6_K and F16) the tiled kernel runs with 8 x 8 per
+/// (for Q4_0, Q6_K, F16 and F32) the tiled kernel runs with 8 x 8 per
 /// invocation, and with two staging buffers and BK = 64 (overhanging
-/// K = 32); for F16, K = 200 overhangs both BKs.
+/// K = 32); for F16, K = 200 overhangs both BKs, for F32 K = 196 (not a
+/// multiple of 8) too.
 pub fn cases() -> Vec<OpCase> {
     let mut cases = tiled_cases();
     cases.extend(coop_cases());
@@ -398,14 +403,15 @@ fn tiled_cases() -> Vec<OpCase> {
         ];
         // Other tile shapes on one type of each family (each distinct
         // kernel costs a pipeline build, ~0.5 s on lavapipe).
-        if matches!(wd, DType::Q4_0 | DType::Q6K | DType::F16) {
+        if matches!(wd, DType::Q4_0 | DType::Q6K | DType::F16 | DType::F32) {
             shapes.push((&[9], ks[1], 576, Tiled, Some(single)));
             shapes.push((&[130], ks[0], 49, Tiled, Some(deep)));
         }
-        if wd == DType::F16 {
-            // K a multiple of 8 but not of BK.
-            shapes.push((&[40], 200, 49, Auto, None));
-            shapes.push((&[40], 200, 49, Tiled, Some(deep)));
+        if let Some(k) = ragged_k(wd) {
+            // K a whole number of chunks but not of BK.
+            shapes.push((&[2], k, 49, Auto, None));
+            shapes.push((&[40], k, 49, Auto, None));
+            shapes.push((&[40], k, 49, Tiled, Some(deep)));
         }
         for (i, (m, k, n, variant, tiled)) in shapes.into_iter().enumerate() {
             let mut x = m.to_vec();
@@ -428,8 +434,9 @@ fn tiled_cases() -> Vec<OpCase> {
 
 /// The coop kernel (run only where the device has cooperative matrices):
 /// ragged and aligned (direct-store) tiles, a batched x, a second tile
-/// shape with one staging buffer, F16 with K = 200 (overhanging BK), and
-/// `AutoF16` choosing it.
+/// shape with one staging buffer, F16 with K = 200 and F32 with K = 196
+/// (overhanging BK; for F32 also the last 8-value x group), and `AutoF16`
+/// choosing it.
 fn coop_cases() -> Vec<OpCase> {
     use QMatMulVariant::{AutoF16, Coop};
     let f = |s: &[usize]| TensorDesc::f32(s);
@@ -457,8 +464,8 @@ fn coop_cases() -> Vec<OpCase> {
             (&[130], ks[1], 1000, Coop, Some(big)),
             (&[256], ks[0], 512, Coop, Some(big)),
         ];
-        if wd == DType::F16 {
-            shapes.push((&[70], 200, 130, Coop, None));
+        if let Some(k) = ragged_k(wd) {
+            shapes.push((&[70], k, 130, Coop, None));
         }
         for (m, k, n, variant, coop) in shapes {
             let mut x = m.to_vec();
@@ -476,6 +483,17 @@ fn coop_cases() -> Vec<OpCase> {
         }
     }
     cases
+}
+
+/// For the float types, a K that is a whole number of chunks (8 values of
+/// F16, 4 of F32) but not of any tile's BK (32 or 64), nor for F32 of the
+/// coop kernel's 8-value x groups.
+fn ragged_k(wd: DType) -> Option<usize> {
+    match wd {
+        DType::F16 => Some(200),
+        DType::F32 => Some(196),
+        _ => None,
+    }
 }
 
 /// x and W rounded to f16 (relative error <= 2^-11 each): with both of
@@ -512,6 +530,15 @@ mod tests {
         assert!(op
             .output(&[f(&[1, 32]), TensorDesc::new(DType::Q8_1, [3, 32])])
             .is_err());
+        assert!(op
+            .output(&[f(&[1, 12]), TensorDesc::new(DType::F16, [3, 12])])
+            .is_err());
+        assert!(op
+            .output(&[f(&[1, 6]), TensorDesc::new(DType::F32, [3, 6])])
+            .is_err());
+        assert!(op
+            .output(&[f(&[1, 12]), TensorDesc::new(DType::F32, [3, 12])])
+            .is_ok());
         let out = op
             .output(&[f(&[2, 5, 64]), TensorDesc::new(DType::Q4_1, [7, 64])])
             .unwrap();

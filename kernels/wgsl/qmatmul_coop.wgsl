@@ -18,8 +18,8 @@
 //
 // Subgroup i takes warp tile (i / WARPS_N, i % WARPS_N): the kernel is
 // built for one subgroup size (SG), which the device must report as its
-// only one. K need not be a multiple of BK (F16: a multiple of 8); chunks
-// past K, rows past M and N are zeros.
+// only one. K need not be a multiple of BK (F16: a multiple of 8; F32: of
+// 4); chunks past K, rows past M and N are zeros.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -83,8 +83,9 @@ struct Eight {
 }
 
 // The i-th 8-value group this invocation moves for the x tile at (m0, k0):
-// x[m][k..k + 8], zeros outside x (K is a multiple of 8, so a group is all
-// in or all out).
+// x[m][k..k + 8], zeros outside x. K is a multiple of 4, so each half of a
+// group is all in or all out; only with F32 weights (CHUNK = 4) can K end
+// between the halves.
 fn fetch_x(i: u32, lid: u32, m0: u32, k0: u32) -> Eight {
     let v = lid + i * WG;
     let m = m0 + (v >> BK8_SHIFT);
@@ -93,7 +94,9 @@ fn fetch_x(i: u32, lid: u32, m0: u32, k0: u32) -> Eight {
     if v < X_GROUPS && m < p.m && k < p.k {
         let o = (m * p.k + k) >> 2u;
         e.lo = x[o];
-        e.hi = x[o + 1u];
+        if CHUNK >= 8u || k + 4u < p.k {
+            e.hi = x[o + 1u];
+        }
     }
     return e;
 }

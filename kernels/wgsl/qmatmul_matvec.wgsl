@@ -4,7 +4,8 @@
 //
 // One workgroup per ROWS weight rows and MR rows of x (workgroup z). Its WG
 // invocations stride the row's chunks (CHUNK values: one block of the
-// legacy types, one 32-value sub-block of the K-quants, 8 values of f16):
+// legacy types, one 32-value sub-block of the K-quants, 8 values of f16, 4
+// of f32):
 // each decodes a chunk once into registers and uses it for all MR rows of
 // x, so W, the dominant traffic, is read once per MR rows. The ROWS * MR
 // partial sums are then reduced across the workgroup (through subgroups

@@ -14,8 +14,8 @@
 // straight to the other buffer) overlap this step's arithmetic, with one
 // barrier per step.
 //
-// K need not be a multiple of BK (F16 weights: K is a multiple of 8);
-// chunks past K decode as zeros, as do rows past N and M.
+// K need not be a multiple of BK (F16 weights: K is a multiple of 8; F32:
+// of 4); chunks past K decode as zeros, as do rows past N and M.
 
 struct Params {
     m: u32,      // rows of x (every batch)

@@ -22,11 +22,11 @@ const STEPS: [usize; 4] = [20, 2, 1, 1];
 const CTX: usize = 32;
 
 /// Error budget relative to the largest reference logit. Both sides use the
-/// same weights (the reference dequantizes the file's blocks; the F32
-/// matrices the device stores as F16 hold values exact in F16), so all that
-/// differs is f32 arithmetic against f64: dot products of at most 256
-/// terms, a few dozen in series. Measured: at most 1.5e-6 relative, CPU
-/// and lavapipe alike; 1e-4 leaves ~70x for other GPUs' reduction orders.
+/// same weights (the reference dequantizes the file's blocks; F32 matrices
+/// stay F32 on the device), so all that differs is f32 arithmetic against
+/// f64: dot products of at most 256 terms, a few dozen in series.
+/// Measured: at most 1.5e-6 relative, CPU and lavapipe alike; 1e-4 leaves
+/// ~70x for other GPUs' reduction orders.
 /// A wrong window, rope pairing, bias, head mapping or cache position moves
 /// logits by a good fraction of their scale (swapping the rope pairing:
 /// ~1.0 relative; ignoring the window: ~0.4, checked below).

@@ -4,10 +4,13 @@
 //!
 //! Not exact like the other kernels: each x value and each decoded weight
 //! is rounded to f16 (11 significant bits; a Q4_0 weight `(q - 8) * d`
-//! needs up to 15), a relative error of at most 2^-11 per factor, so a
-//! K-term sum errs by ~2^-11 * sqrt(K) * |x| |w| (random signs). x is never
-//! quantized to 8 bits, as llama.cpp does, but it is rounded: the variant is
-//! chosen only on request ([`super::QMatMulVariant`]).
+//! needs up to 15, an F32 weight 24), a relative error of at most 2^-11 per
+//! factor, so a K-term sum errs by ~2^-11 * sqrt(K) * |x| |w| (random
+//! signs). Values outside f16's normal range fare worse: below 2^-14 they
+//! lose relative precision (absolute error <= 2^-25), from 65520 on they
+//! become ±inf. x is never quantized to 8 bits, as llama.cpp does, but it
+//! is rounded: the variant is chosen only on request
+//! ([`super::QMatMulVariant`]).
 
 use crate::dtype::DType;
 use crate::matmul::coop_available;

@@ -158,6 +158,8 @@ mod tests {
             (DType::Q6K, 512),
             (DType::F16, 8),
             (DType::F16, 40),
+            (DType::F32, 4),
+            (DType::F32, 36),
         ] {
             for (m, n) in [(1, 1), (3, 17), (2, 16), (7, 33), (16, 5)] {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();

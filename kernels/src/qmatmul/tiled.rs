@@ -12,7 +12,8 @@ const WGSL: &str = include_str!("../../wgsl/qmatmul_tiled.wgsl");
 
 /// Tile shape of the tiled kernel: a `bm x bn` block of y per workgroup,
 /// `tm x tn` per invocation, K steps of `bk` (a multiple of 32: one decoder
-/// chunk of every type, four of F16), `nbuf` staging buffers (1 or 2).
+/// chunk of every type, four of F16, eight of F32), `nbuf` staging buffers
+/// (1 or 2).
 /// Powers of two, `tm` and `tn` multiples of 4. Workgroup
 /// `(bm / tm) * (bn / tn)` invocations, which share the `bn * bk / chunk`
 /// chunk decodes of a step; `nbuf * bk * (bm + bn)` floats of workgroup

@@ -190,11 +190,18 @@ fn weight_table_errors_name_the_tensor() {
         matches!(&err, ModelError::TensorDType { name, dtype: DType::Q8_1, .. } if name == q),
         "{err}"
     );
-    // F32 and BF16 matrices are stored as F16, F16 norms as F32.
+    // F32 matrices stay F32, BF16 ones are stored as F16, F16 norms as F32.
     let norm = "blk.1.ffn_norm.weight";
-    for dtype in [DType::F32, DType::BF16] {
-        let (_, w) = load(&tiny("llama", Break::DType(q, dtype)), &device).expect("converted");
-        assert_eq!(w.layers[0].wq.desc().dtype, DType::F16);
+    for (dtype, stored) in [(DType::F32, DType::F32), (DType::BF16, DType::F16)] {
+        let file = tiny("llama", Break::DType(q, dtype));
+        let (_, w) = load(&file, &device).expect("converted");
+        assert_eq!(w.layers[0].wq.desc().dtype, stored);
+        if dtype == DType::F32 {
+            // Bit for bit: these values use all 24 bits, F16 holds 11.
+            let map = file.weights();
+            let got = w.layers[0].wq.download().expect("downloads");
+            assert_eq!(&*got.bytes(), map.get(q).expect("wq").bytes());
+        }
     }
     let (_, w) = load(&tiny("llama", Break::DType(norm, DType::F16)), &device).expect("converted");
     assert_eq!(w.layers[1].ffn_norm.desc().dtype, DType::F32);

@@ -1,13 +1,13 @@
 //! The LLaMA weight table: GGUF tensor names (llama.cpp's `llama-arch.cpp`
 //! `LLM_TENSOR_NAMES`) and their HF transformers twins, their expected
 //! shapes (kiln order `[N, K]`: out features, in features), and the upload
-//! of each to the device, once, in a dtype the kernels read.
+//! of each to the device, once, in a dtype the kernels read (the file's
+//! own, but for BF16 matrices and non-F32 norms: [`Kind::converted`]).
 
 use std::collections::HashSet;
 
 use kiln_engine::{Device, DeviceTensor};
-use kiln_kernels::qmatmul::WEIGHT_DTYPES;
-use kiln_kernels::{quant, CpuTensor, DType, TensorDesc};
+use kiln_kernels::{get_rows, qmatmul, qmatvec, quant, CpuTensor, DType, TensorDesc};
 use kiln_loaders::{Weight, WeightMap};
 
 use crate::error::ModelError;
@@ -226,9 +226,10 @@ impl LlamaWeights {
 /// What a tensor is used for, which decides the dtypes allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    /// A `qmatmul` weight: the quantized types and F16.
+    /// A `qmatmul` and `qmatvec` weight: the quantized types, F16 and F32.
     Matmul,
-    /// The embedding table: `get_rows` types, and `qmatmul` types too when tied.
+    /// The embedding table: types `get_rows` and the matmuls both read (it
+    /// is the output projection when tied; the lists agree today).
     Embedding,
     /// RMS-norm weights and biases: F32.
     Norm,
@@ -239,23 +240,35 @@ enum Kind {
 const F16_OVERFLOW: f32 = 65520.0;
 
 impl Kind {
-    /// What the kernels read as stored.
+    /// What the kernels read as stored: F32 matrices (an `--outtype f32`
+    /// GGUF, an F32 safetensors checkpoint) stay F32, all 24 bits of them.
     fn native(self, dtype: DType) -> bool {
+        let matmul =
+            qmatmul::WEIGHT_DTYPES.contains(&dtype) && qmatvec::WEIGHT_DTYPES.contains(&dtype);
         match self {
-            Kind::Matmul | Kind::Embedding => WEIGHT_DTYPES.contains(&dtype),
+            Kind::Matmul => matmul,
+            Kind::Embedding => matmul && get_rows::TABLE_DTYPES.contains(&dtype),
             Kind::Norm | Kind::Bias => dtype == DType::F32,
         }
     }
 
     /// The dtype a float tensor the kernels cannot read as stored is
-    /// converted to at upload, if any: F32 and BF16 matrices (safetensors
-    /// checkpoints, `--outtype f32/bf16` GGUFs) become F16, which keeps all
-    /// of BF16's 8 significant bits and rounds F32's 24 to 11, as llama.cpp's
-    /// `--outtype f16` does; F16 and BF16 norms and biases become F32,
-    /// exactly.
+    /// converted to at upload, if any.
+    ///
+    /// BF16 matrices (most HF checkpoints, `--outtype bf16` GGUFs) become
+    /// F16: half the bytes of F32, which bounds decode speed, and the same
+    /// numbers, since F16's 11 significant bits hold BF16's 8 exactly from
+    /// 2^-17 to 65504. Smaller magnitudes round to F16's subnormal grid
+    /// (an absolute error of at most 2^-25, far below BF16's own rounding of
+    /// a typical weight of ~1e-2, 2^-15); a matrix holding a value beyond
+    /// F16's range, which BF16's F32-sized exponent allows, becomes F32
+    /// instead ([`convert`]): exact, at twice the bytes, rather than
+    /// refusing the model or turning the value into ∞.
+    ///
+    /// F16 and BF16 norms and biases become F32, exactly.
     fn converted(self, dtype: DType) -> Option<DType> {
         match (self, dtype) {
-            (Kind::Matmul | Kind::Embedding, DType::F32 | DType::BF16) => Some(DType::F16),
+            (Kind::Matmul | Kind::Embedding, DType::BF16) => Some(DType::F16),
             (Kind::Norm | Kind::Bias, DType::F16 | DType::BF16) => Some(DType::F32),
             _ => None,
         }
@@ -263,8 +276,8 @@ impl Kind {
 
     fn what(self) -> &'static str {
         match self {
-            Kind::Matmul => "a matmul weight (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, and F32 or BF16 as F16)",
-            Kind::Embedding => "the token embedding (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, and F32 or BF16 as F16)",
+            Kind::Matmul => "a matmul weight (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32, and BF16 as F16)",
+            Kind::Embedding => "the token embedding (kiln reads Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32, and BF16 as F16)",
             Kind::Norm => "a norm weight (F32, F16, BF16)",
             Kind::Bias => "a bias (F32, F16, BF16)",
         }
@@ -338,7 +351,8 @@ impl Table<'_> {
     }
 }
 
-/// A float tensor as F16 or F32 (see [`Kind::converted`]).
+/// A float tensor as F16 or F32 (see [`Kind::converted`]); F16 widens to
+/// F32 when a finite value would round to ∞ in F16.
 fn convert(name: &str, w: &Weight, to: DType) -> Result<CpuTensor, ModelError> {
     let values =
         quant::dequantize_to_vec(w.dtype(), w.bytes()).map_err(|e| ModelError::Convert {
@@ -347,17 +361,17 @@ fn convert(name: &str, w: &Weight, to: DType) -> Result<CpuTensor, ModelError> {
             why: e.to_string(),
         })?;
     let shape = w.shape().to_vec();
-    let host = if to == DType::F16 {
-        if let Some(v) = values
+    let fits_f16 = || {
+        values
             .iter()
-            .find(|v| v.is_finite() && v.abs() >= F16_OVERFLOW)
-        {
-            return Err(ModelError::Convert {
-                name: name.into(),
-                to,
-                why: format!("{v} is beyond F16's range (±65504)"),
-            });
-        }
+            .all(|v| !v.is_finite() || v.abs() < F16_OVERFLOW)
+    };
+    let to = if to == DType::F16 && !fits_f16() {
+        DType::F32
+    } else {
+        to
+    };
+    let host = if to == DType::F16 {
         CpuTensor::from_f32_as_f16(shape, &values)
     } else {
         CpuTensor::from_f32(shape, values)
@@ -367,4 +381,49 @@ fn convert(name: &str, w: &Weight, to: DType) -> Result<CpuTensor, ModelError> {
         desc: TensorDesc::new(to, w.shape()),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_loaders::{GgufFile, GgufWriter};
+
+    /// A BF16 `[1, n]` tensor holding `values` (exact in BF16), converted
+    /// as a matmul weight.
+    fn convert_bf16(values: &[f32]) -> CpuTensor {
+        let mut w = GgufWriter::new();
+        let bytes = quant::quantize(DType::BF16, values).expect("quantizes");
+        w.add_tensor("m", DType::BF16, &[1, values.len()], bytes)
+            .expect("tensor");
+        let file =
+            GgufFile::from_bytes(w.to_bytes().expect("writes"), "bf16.gguf").expect("parses");
+        let map = file.weights();
+        let weight = map.get("m").expect("tensor");
+        let to = Kind::Matmul.converted(DType::BF16).expect("converts");
+        convert("m", weight, to).expect("converted")
+    }
+
+    #[test]
+    fn bf16_matrices_become_f16_or_f32_when_beyond_f16_range() {
+        let small = [1.5, -0.013671875, 3.0 * 2f32.powi(-17), 65280.0];
+        let t = convert_bf16(&small);
+        assert_eq!(t.dtype(), DType::F16);
+        assert_eq!(t.to_f32().expect("f32").as_ref(), &small);
+        let big = [1.5, 1.0e5, -0.013671875, f32::INFINITY];
+        let t = convert_bf16(&big);
+        assert_eq!(t.dtype(), DType::F32);
+        // 1e5 is not a BF16 value: compare with what the file holds.
+        let held =
+            quant::dequantize_to_vec(DType::BF16, &quant::quantize(DType::BF16, &big).unwrap())
+                .unwrap();
+        assert_eq!(t.to_f32().expect("f32").as_ref(), held.as_slice());
+    }
+
+    #[test]
+    fn f32_matrices_and_embeddings_are_read_as_stored() {
+        for kind in [Kind::Matmul, Kind::Embedding] {
+            assert!(kind.native(DType::F32), "{kind:?}");
+            assert!(!kind.native(DType::BF16), "{kind:?}");
+        }
+    }
 }
