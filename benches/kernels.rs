@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_engine::{CpuTensor, DType, Device, Graph, Plan, TensorDesc, TensorId};
+use kiln_kernels::attention::AttnConfig;
 use kiln_kernels::cases::Tolerance;
 use kiln_kernels::copy::Copy;
 use kiln_kernels::elementwise::{Add, Silu};
+use kiln_kernels::flash_attn::{FlashAttention, FlashTile};
 use kiln_kernels::matmul::{coop_available, BLayout, CoopTile, MatMul, MatMulVariant, TiledTile};
 use kiln_kernels::qmatmul::{QCoopTile, QMatMul, QMatMulVariant, QTiledTile};
 use kiln_kernels::qmatvec::{Prologue, QMatVec};
@@ -199,6 +201,48 @@ fn decode_benches() -> Vec<Bench> {
     v
 }
 
+/// Prefill flash attention at llama-7b's shape: T = 512 queries from an
+/// empty cache (pos 0, ctx 512), 32 heads of 128 on 32 (MHA) or 8 (GQA) kv
+/// heads, F32 cache (the model's), and F16. Causal: q·k and p·v over the
+/// T·(T+1)/2 visible pairs, ≈ 2·2·T·(T/2)·hd·heads FLOPs (2.1 GFLOP; the
+/// full T² count is twice that). Default tile on each, and each other
+/// tile on the MHA shape, for tuning; and a prompt of 2048.
+fn flash_benches() -> Vec<Bench> {
+    let (hd, heads) = (128, 32);
+    let cfg = AttnConfig::causal(hd);
+    let row = |t: usize, name: String, op: FlashAttention, kv: usize, cache: DType| {
+        let c = TensorDesc::new(cache, [t, kv, hd]);
+        Bench {
+            name,
+            op: Arc::new(op),
+            inputs: vec![
+                f32d(&[t, heads, hd]),
+                c.clone(),
+                c,
+                TensorDesc::new(DType::I32, [1]),
+            ],
+            work: Work::Flops(2.0 * 2.0 * (t * t / 2 * hd * heads) as f64, H200_F32_FLOPS),
+        }
+    };
+    let mut v = Vec::new();
+    for (kv, cache) in [(32, DType::F32), (8, DType::F32), (8, DType::F16)] {
+        let name = format!("flash attn T512 h{heads}/{kv} hd{hd} {cache}");
+        v.push(row(512, name, FlashAttention::new(cfg), kv, cache));
+    }
+    for (bq, bk) in [(64, 32), (32, 64), (32, 32)] {
+        let op = FlashAttention {
+            tile: Some(FlashTile { bq, bk }),
+            ..FlashAttention::new(cfg)
+        };
+        let name = format!("flash attn T512 h32/32 hd128 q{bq}k{bk}");
+        v.push(row(512, name, op, 32, DType::F32));
+    }
+    // A long prompt: 16 times the pairs.
+    let name = "flash attn T2048 h32/8 hd128 f32".to_string();
+    v.push(row(2048, name, FlashAttention::new(cfg), 8, DType::F32));
+    v
+}
+
 /// A memory-bound op: bytes are every input's plus the output's.
 fn streaming(name: &str, op: impl Op + 'static, inputs: Vec<TensorDesc>) -> Bench {
     let out = op
@@ -277,6 +321,7 @@ fn benches(coop: bool) -> Vec<Bench> {
         ));
     }
     v.extend(qmatmul_benches(coop));
+    v.extend(flash_benches());
     v.extend(decode_benches());
     let rows = |cols: usize| f32d(&[4096, cols]);
     v.extend([
@@ -302,6 +347,8 @@ fn random(rng: &mut StdRng, desc: &TensorDesc) -> CpuTensor {
     let n = desc.numel().unwrap_or(0);
     let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let t = match desc.dtype {
+        // Positions (flash attention's pos): 0, a prompt from an empty cache.
+        DType::I32 => CpuTensor::from_bytes(desc.clone(), vec![0; 4 * n]),
         DType::F16 => CpuTensor::from_f32_as_f16(desc.shape.clone(), &values),
         DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values),
         d => {

@@ -68,6 +68,18 @@ fn every_attention_variant_validates() {
             std::sync::Arc::new(FlashAttention::new(cfg)),
             inputs,
         ));
+        // F16 caches, llama's GQA (32 heads on 8).
+        let h = |s: [usize; 3]| TensorDesc::new(DType::F16, s);
+        all.push((
+            format!("flash hd {hd} f16 32/8"),
+            std::sync::Arc::new(FlashAttention::new(cfg)),
+            vec![
+                f([130, 32, hd]),
+                h([300, 8, hd]),
+                h([300, 8, hd]),
+                pos.clone(),
+            ],
+        ));
     }
     all.push((
         "kv_append f16".into(),

@@ -1,39 +1,82 @@
 // Flash attention (prefill): the same function as attention.wgsl (causal,
 // sliding window, GQA; query t at position pos + t) for any number of
-// queries, without a seq x seq matrix (Dao et al. 2022, FlashAttention).
+// queries, without a seq x seq matrix (Dao et al. 2022, FlashAttention;
+// the loop order of FlashAttention-2), f32 throughout.
 //
-// One workgroup per (tile of BQ queries, head). The tile's queries
-// (pre-scaled) stay in workgroup memory; keys go by tiles of BK through one
-// buffer holding K, then V:
-//   1. S = Q K^T for the BQ x BK tile, masked scores = LOWEST;
-//   2. each row's new max m_new = max(m, rowmax S) and P = exp(S - m_new)
-//      (masked: 0), computed once per score;
-//   3. the online softmax update per row: l = l * exp(m - m_new) + rowsum P,
-//      acc = acc * exp(m - m_new) + P V. Invocation (r, c) owns row r and
-//      dimensions c, c + TPR, ... (TPR invocations per row), so V rows are
-//      read across consecutive invocations and acc stays in registers.
-// Key tiles cover only the union of what the tile's queries see (causal
-// and window skipping). f32 throughout.
+// Rows: the query heads that share kv head kvh, T-major: row R is query
+// t = R / group of head kvh * group + R % group, so one workgroup's K and V
+// tiles serve every head of its group (GQA) and are loaded once.
+//
+// One workgroup per (tile of BQ rows, kv head), heaviest (latest) tiles
+// first so that the short causal tiles fill the tail. 256 invocations as a
+// 16 x 16 grid (tx, ty); invocation (tx, ty) owns rows ty + 16 i (i < RQ)
+// of the tile: the scores of keys tx + 16 j (j < RK) of each key tile and
+// the output vec4s tx + 16 c (c < DV) of those rows (register blocking,
+// like the tiled matmul). Per key tile of BK keys (only those some row of
+// the tile sees: causal and window skipping):
+//   1. S = Q K^T in registers; Q and K staged in chunks of DC dimensions
+//      (pitch LDS vec4s, odd, so the K reads of a quarter warp hit
+//      distinct banks); Q is pre-scaled when staged;
+//   2. masked scores go to p_sh; invocation r < BQ turns row r into
+//      P = exp(S - m_new) (masked: 0) and updates the row's running max m,
+//      sum l and rescale factor alpha = exp(m - m_new) (online softmax);
+//   3. acc = acc * alpha + P V, V staged by chunks of KC keys.
+// Workgroup memory: one vec4 buffer shared by the Q/K chunks and the V
+// chunk (never live together), P with an odd pitch, and the row stats.
 
-// Params and bindings: attn_io.wgsl.
-{{IO}}
+struct Params {
+    n_q: u32,     // T
+    n_head: u32,
+    n_kv: u32,
+    ctx: u32,
+    group: u32,   // n_head / n_kv
+    window: u32,  // 0 = no sliding window
+    scale: f32,
+    _pad: u32,
+}
 
-const WG: u32 = {{WG}};
+// Layouts: q, out [n_q, n_head, HD]; k, v [ctx, n_kv, HD], f32 or f16
+// (f16 read as packed u32 words, so no f16 feature is needed). With HD a
+// multiple of 4 they are bound as arrays of 4-element words.
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<{{Q_T}}>;
+@group(0) @binding(2) var<storage, read> k: array<{{KV_T}}>;
+@group(0) @binding(3) var<storage, read> v: array<{{KV_T}}>;
+@group(0) @binding(4) var<storage, read> pos: array<i32>;
+@group(0) @binding(5) var<storage, read_write> out: array<{{Q_T}}>;
+
+// ld_q(i, n), ld_k, ld_v: elements i .. i + 4 of a buffer as f32, of which
+// the first n (>= 1) lie in the row, zeros for the others; st_out(i, n, x)
+// writes the first n. i is a multiple of 4 within a row of HD elements.
+{{LOADERS}}
+
+const WG: u32 = {{WG}};     // 16 x 16
+const HD: u32 = {{HD}};
 const BQ: u32 = {{BQ}};
 const BK: u32 = {{BK}};
-const HD: u32 = {{HD}};
-const TPR: u32 = WG / BQ;   // invocations per query row
-const DPT: u32 = {{DPT}};   // output dimensions per invocation: ceil(HD / TPR)
+const RQ: u32 = BQ / 16u;      // rows per invocation
+const RK: u32 = BK / 16u;      // keys per invocation
+const DC4: u32 = {{DC4}};      // vec4s of a staged Q/K chunk row (power of two)
+const DC4_SHIFT: u32 = {{DC4_SHIFT}};
+const DC: u32 = 4u * DC4;
+const LDS: u32 = DC4 + 1u;     // pitch of staged Q/K rows in vec4s
+const KC: u32 = {{KC}};        // keys per staged V chunk
+const DV: u32 = {{DV}};        // output vec4s per row per invocation
+const HV: u32 = 16u * DV;      // vec4s of a staged V row (HD padded)
+const HV_SHIFT: u32 = {{HV_SHIFT}};
+const K_OFF: u32 = BQ * LDS;   // K chunk after Q chunk in u_sh
+const LDP: u32 = BK + 1u;      // pitch of p_sh
+const NQL: u32 = (BQ * DC4 + WG - 1u) / WG; // Q chunk vec4s per invocation
+const NKL: u32 = (BK * DC4 + WG - 1u) / WG; // K chunk vec4s per invocation
 
 // The most negative finite f32 (WGSL has no -inf literal); marks masked scores.
 const LOWEST: f32 = -3.40282347e38;
 
-var<workgroup> q_sh: array<f32, BQ * HD>;
-var<workgroup> kv_sh: array<f32, BK * HD>;
-var<workgroup> s_sh: array<f32, BQ * BK>;
-var<workgroup> p_sh: array<f32, BQ * BK>;
-// Each row's running max before the current key tile.
+var<workgroup> u_sh: array<vec4<f32>, {{U_LEN}}>;
+var<workgroup> p_sh: array<f32, BQ * LDP>;
 var<workgroup> m_sh: array<f32, BQ>;
+var<workgroup> l_sh: array<f32, BQ>;
+var<workgroup> a_sh: array<f32, BQ>;
 
 // Key j (< ctx) is visible from query position pq.
 fn sees(pq: i32, j: u32) -> bool {
@@ -52,21 +95,20 @@ fn main(
 ) {
     // Items spread over x and y (op::grid); uniform per workgroup.
     let item = wg.x + wg.y * nwg.x;
-    let n_tiles = (p.n_q + BQ - 1u) / BQ;
-    if item >= n_tiles * p.n_head {
+    let rows = p.n_q * p.group;
+    let n_tiles = (rows + BQ - 1u) / BQ;
+    if item >= n_tiles * p.n_kv {
         return;
     }
-    let tile = item / p.n_head;
-    let h = item - tile * p.n_head;
-    let kvh = h / p.group;
-    let t0 = tile * BQ;
-    let t_end = min(t0 + BQ, p.n_q);
+    let back = item / p.n_kv;
+    let kvh = item - back * p.n_kv;
+    let r0 = (n_tiles - 1u - back) * BQ;
 
-    // Keys [lo, hi) that some query of the tile sees. i32 wraps like the
-    // CPU reference's.
+    // Keys [lo, hi) that some row of the tile sees. i32 wraps like the CPU
+    // reference's.
     let p0 = pos[0];
-    let first = p0 + i32(t0);
-    let last = p0 + i32(t_end - 1u);
+    let first = p0 + i32(r0 / p.group);
+    let last = p0 + i32((min(r0 + BQ, rows) - 1u) / p.group);
     var hi = 0u;
     var lo = 0u;
     if last >= 0 {
@@ -76,106 +118,162 @@ fn main(
         lo = u32(first) + 1u - p.window;
     }
 
-    for (var i = lid; i < BQ * HD; i += WG) {
-        let r = i / HD;
-        let t = t0 + r;
-        var x = 0.0;
-        if t < p.n_q {
-            x = q[(t * p.n_head + h) * HD + i - r * HD] * p.scale;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+
+    // Positions of this invocation's rows; rows past the end see nothing.
+    var pq: array<i32, RQ>;
+    for (var i = 0u; i < RQ; i++) {
+        let r = r0 + ty + 16u * i;
+        pq[i] = select(-1, p0 + i32(r / p.group), r < rows);
+    }
+    // The q row (element offset) and chunk column of each Q vec4 this
+    // invocation stages; qrow = HD * rows marks none.
+    var qrow: array<u32, NQL>;
+    for (var n = 0u; n < NQL; n++) {
+        let e = lid + WG * n;
+        let r = r0 + (e >> DC4_SHIFT);
+        qrow[n] = 0xffffffffu;
+        if e < BQ * DC4 && r < rows {
+            let t = r / p.group;
+            let h = kvh * p.group + r - t * p.group;
+            qrow[n] = (t * p.n_head + h) * HD;
         }
-        q_sh[i] = x;
     }
     if lid < BQ {
         m_sh[lid] = LOWEST;
+        l_sh[lid] = 0.0;
     }
 
-    let r = lid / TPR;
-    let c = lid - r * TPR;
-    var m = LOWEST;
-    var l = 0.0;
-    var acc: array<f32, DPT>;
+    var acc: array<array<vec4<f32>, DV>, RQ>;
     for (var j0 = lo; j0 < hi; j0 += BK) {
-        for (var i = lid; i < BK * HD; i += WG) {
-            let kr = i / HD;
-            let j = j0 + kr;
-            var x = 0.0;
-            if j < hi {
-                x = k_at((j * p.n_kv + kvh) * HD + i - kr * HD);
-            }
-            kv_sh[i] = x;
-        }
-        workgroupBarrier();
-        for (var e = lid; e < BQ * BK; e += WG) {
-            let qi = e / BK;
-            let j = j0 + e - qi * BK;
-            var s = LOWEST;
-            if t0 + qi < p.n_q && j < hi && sees(p0 + i32(t0 + qi), j) {
-                s = 0.0;
-                let qb = qi * HD;
-                let kb = (e - qi * BK) * HD;
-                for (var d = 0u; d < HD; d++) {
-                    s += q_sh[qb + d] * kv_sh[kb + d];
+        // 1. S = (scale Q) K^T.
+        var s: array<array<f32, RK>, RQ>;
+        for (var d0 = 0u; d0 < HD; d0 += DC) {
+            for (var n = 0u; n < NQL; n++) {
+                let e = lid + WG * n;
+                if e < BQ * DC4 {
+                    let c = e & (DC4 - 1u);
+                    let d = d0 + 4u * c;
+                    var x = vec4<f32>(0.0);
+                    if qrow[n] != 0xffffffffu && d < HD {
+                        x = ld_q(qrow[n] + d, HD - d) * p.scale;
+                    }
+                    u_sh[(e >> DC4_SHIFT) * LDS + c] = x;
                 }
             }
-            s_sh[e] = s;
-        }
-        workgroupBarrier();
-        for (var i = lid; i < BK * HD; i += WG) {
-            let kr = i / HD;
-            let j = j0 + kr;
-            var x = 0.0;
-            if j < hi {
-                x = v_at((j * p.n_kv + kvh) * HD + i - kr * HD);
-            }
-            kv_sh[i] = x;
-        }
-        for (var e = lid; e < BQ * BK; e += WG) {
-            let qi = e / BK;
-            var mx = m_sh[qi];
-            for (var jj = 0u; jj < BK; jj++) {
-                mx = max(mx, s_sh[qi * BK + jj]);
-            }
-            let s = s_sh[e];
-            p_sh[e] = select(0.0, exp(s - mx), s > LOWEST);
-        }
-        workgroupBarrier();
-        // The same max as the P step (same reads, same order), so P, l and
-        // acc agree on it.
-        var mx = m;
-        for (var jj = 0u; jj < BK; jj++) {
-            mx = max(mx, s_sh[r * BK + jj]);
-        }
-        let alpha = exp(m - mx);
-        var sum = 0.0;
-        for (var jj = 0u; jj < BK; jj++) {
-            sum += p_sh[r * BK + jj];
-        }
-        l = l * alpha + sum;
-        m = mx;
-        for (var i = 0u; i < DPT; i++) {
-            let d = c + i * TPR;
-            if d < HD {
-                var a = 0.0;
-                for (var jj = 0u; jj < BK; jj++) {
-                    a += p_sh[r * BK + jj] * kv_sh[jj * HD + d];
+            for (var n = 0u; n < NKL; n++) {
+                let e = lid + WG * n;
+                if e < BK * DC4 {
+                    let c = e & (DC4 - 1u);
+                    let kr = e >> DC4_SHIFT;
+                    let j = j0 + kr;
+                    let d = d0 + 4u * c;
+                    var x = vec4<f32>(0.0);
+                    if j < hi && d < HD {
+                        x = ld_k((j * p.n_kv + kvh) * HD + d, HD - d);
+                    }
+                    u_sh[K_OFF + kr * LDS + c] = x;
                 }
-                acc[i] = acc[i] * alpha + a;
+            }
+            workgroupBarrier();
+            for (var c = 0u; c < DC4; c++) {
+                var kv: array<vec4<f32>, RK>;
+                for (var j = 0u; j < RK; j++) {
+                    kv[j] = u_sh[K_OFF + (tx + 16u * j) * LDS + c];
+                }
+                for (var i = 0u; i < RQ; i++) {
+                    let qv = u_sh[(ty + 16u * i) * LDS + c];
+                    for (var j = 0u; j < RK; j++) {
+                        s[i][j] += dot(qv, kv[j]);
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+        for (var i = 0u; i < RQ; i++) {
+            for (var j = 0u; j < RK; j++) {
+                let key = j0 + tx + 16u * j;
+                let seen = key < hi && sees(pq[i], key);
+                p_sh[(ty + 16u * i) * LDP + tx + 16u * j] = select(LOWEST, s[i][j], seen);
             }
         }
-        // Everyone is done with this tile's kv_sh, s_sh, p_sh and m_sh.
         workgroupBarrier();
-        if c == 0u {
-            m_sh[r] = m;
+
+        // 2. Online softmax, one invocation per row.
+        if lid < BQ {
+            let b = lid * LDP;
+            let m_old = m_sh[lid];
+            var mx = m_old;
+            for (var j = 0u; j < BK; j++) {
+                mx = max(mx, p_sh[b + j]);
+            }
+            var sum = 0.0;
+            for (var j = 0u; j < BK; j++) {
+                let x = p_sh[b + j];
+                let e = select(0.0, exp(x - mx), x > LOWEST);
+                p_sh[b + j] = e;
+                sum += e;
+            }
+            let alpha = exp(m_old - mx);
+            a_sh[lid] = alpha;
+            m_sh[lid] = mx;
+            l_sh[lid] = l_sh[lid] * alpha + sum;
+        }
+
+        // 3. acc = acc * alpha + P V.
+        for (var k0 = 0u; k0 < BK; k0 += KC) {
+            for (var e = lid; e < KC * HV; e += WG) {
+                let kr = e >> HV_SHIFT;
+                let j = j0 + k0 + kr;
+                let d = 4u * (e & (HV - 1u));
+                var x = vec4<f32>(0.0);
+                if j < hi && d < HD {
+                    x = ld_v((j * p.n_kv + kvh) * HD + d, HD - d);
+                }
+                u_sh[e] = x;
+            }
+            workgroupBarrier();
+            if k0 == 0u {
+                for (var i = 0u; i < RQ; i++) {
+                    let alpha = a_sh[ty + 16u * i];
+                    for (var c = 0u; c < DV; c++) {
+                        acc[i][c] *= alpha;
+                    }
+                }
+            }
+            for (var kk = 0u; kk < KC; kk++) {
+                var vv: array<vec4<f32>, DV>;
+                for (var c = 0u; c < DV; c++) {
+                    vv[c] = u_sh[kk * HV + tx + 16u * c];
+                }
+                for (var i = 0u; i < RQ; i++) {
+                    let pv = p_sh[(ty + 16u * i) * LDP + k0 + kk];
+                    for (var c = 0u; c < DV; c++) {
+                        acc[i][c] += pv * vv[c];
+                    }
+                }
+            }
+            workgroupBarrier();
         }
     }
+    // l_sh's last writes (or its initial zeros) before everyone reads it.
+    workgroupBarrier();
 
-    let t = t0 + r;
-    if t < p.n_q {
-        for (var i = 0u; i < DPT; i++) {
-            let d = c + i * TPR;
-            if d < HD {
-                // No visible key (a position before 0): zeros, like the reference.
-                out[(t * p.n_head + h) * HD + d] = select(0.0, acc[i] / l, l > 0.0);
+    for (var i = 0u; i < RQ; i++) {
+        let rr = ty + 16u * i;
+        let r = r0 + rr;
+        if r < rows {
+            let t = r / p.group;
+            let h = kvh * p.group + r - t * p.group;
+            let l = l_sh[rr];
+            // No visible key (a position before 0): zeros, like the reference.
+            let inv = select(0.0, 1.0 / l, l > 0.0);
+            for (var c = 0u; c < DV; c++) {
+                let d = 4u * (tx + 16u * c);
+                if d < HD {
+                    st_out((t * p.n_head + h) * HD + d, HD - d, acc[i][c] * inv);
+                }
             }
         }
     }
