@@ -42,6 +42,7 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write a GGUF with random weights in a preset shape (benchmarks).
     Synth(cmd::synth::Args),
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> Result<()> {
@@ -59,5 +60,6 @@ fn main() -> Result<()> {
         Command::Rm(args) => cmd::rm::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
     }
 }
