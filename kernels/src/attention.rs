@@ -166,31 +166,47 @@ pub(crate) fn naive(
         let keys = visible(pos.wrapping_add(t as i32), d.ctx, cfg.window);
         // Row j of kv head h / group in a [ctx, n_kv, hd] cache.
         let row = |j: usize| (j * d.n_kv + h / group) * hd..(j * d.n_kv + h / group + 1) * hd;
-        let scores: Vec<f64> = keys
-            .clone()
-            .map(|j| {
-                let dot: f64 = qv
-                    .iter()
-                    .zip(&k[row(j)])
-                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                    .sum();
-                dot * f64::from(cfg.scale)
-            })
-            .collect();
-        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-        let sum: f64 = w.iter().sum();
-        let mut acc = vec![0f64; hd];
-        for (j, w) in keys.zip(&w) {
-            for (a, &x) in acc.iter_mut().zip(&v[row(j)]) {
-                *a += w * f64::from(x);
-            }
-        }
+        let (acc, _, sum) = softmax_sum(qv, &k, &v, keys, row, cfg.scale);
         for (o, a) in o.iter_mut().zip(acc) {
             *o = if sum > 0.0 { (a / sum) as f32 } else { 0.0 };
         }
     });
     Ok(())
+}
+
+/// The f64 attention of one query over `keys` (row `row(j)` of the
+/// caches): `(sum_j e^(s_j - m) v_j, m, sum_j e^(s_j - m))` with the scores
+/// `s_j = scale q.k_j` and `m` their max (-inf, and zeros, for no key).
+pub(crate) fn softmax_sum(
+    qv: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keys: std::ops::Range<usize>,
+    row: impl Fn(usize) -> std::ops::Range<usize>,
+    scale: f32,
+) -> (Vec<f64>, f64, f64) {
+    let scores: Vec<f64> = keys
+        .clone()
+        .map(|j| {
+            let dot: f64 = qv
+                .iter()
+                .zip(&k[row(j)])
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            dot * f64::from(scale)
+        })
+        .collect();
+    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut acc = vec![0f64; qv.len()];
+    let mut sum = 0.0;
+    for (j, s) in keys.zip(&scores) {
+        let w = (s - max).exp();
+        sum += w;
+        for (a, &x) in acc.iter_mut().zip(&v[row(j)]) {
+            *a += w * f64::from(x);
+        }
+    }
+    (acc, max, sum)
 }
 
 /// Decode attention: one workgroup per (query, head), keys by blocks with an

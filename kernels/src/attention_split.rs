@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use crate::attention::{check_inputs, io_hole, visible, AttnConfig, Params};
+use crate::attention::{check_inputs, io_hole, softmax_sum, visible, AttnConfig, Params};
 use crate::cases::{Dist, OpCase, Tolerance};
 use crate::check;
 use crate::dtype::DType;
@@ -104,35 +104,11 @@ impl Op for AttentionPartials {
             let seen = visible(pos.wrapping_add(t as i32), d.ctx, self.cfg.window);
             let keys = seen.start.max(c * chunk)..seen.end.min((c + 1) * chunk);
             let row = |j: usize| (j * d.n_kv + h / group) * hd..(j * d.n_kv + h / group + 1) * hd;
-            let scores: Vec<f64> = keys
-                .clone()
-                .map(|j| {
-                    let dot: f64 = qv
-                        .iter()
-                        .zip(&k[row(j)])
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                        .sum();
-                    dot * f64::from(self.cfg.scale)
-                })
-                .collect();
-            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let mut acc = vec![0f64; hd];
-            let mut l = 0.0;
-            for (j, s) in keys.zip(&scores) {
-                let w = (s - m).exp();
-                l += w;
-                for (a, &x) in acc.iter_mut().zip(&v[row(j)]) {
-                    *a += w * f64::from(x);
-                }
-            }
+            let (acc, m, l) = softmax_sum(qv, &k, &v, keys, row, self.cfg.scale);
             for (o, a) in o.iter_mut().zip(&acc) {
                 *o = *a as f32;
             }
-            o[hd] = if scores.is_empty() {
-                f32::MIN
-            } else {
-                m as f32
-            };
+            o[hd] = if l > 0.0 { m as f32 } else { f32::MIN };
             o[hd + 1] = l as f32;
         });
         Ok(())

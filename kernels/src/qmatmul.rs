@@ -168,40 +168,8 @@ fn chunk_len(dtype: DType) -> usize {
 
 fn dims(inputs: &[TensorDesc]) -> Result<Dims, OpError> {
     check::arity(NAME, inputs, 2)?;
-    let (x, w) = (&inputs[0], &inputs[1]);
-    check::dtype(NAME, x, &[DType::F32], "x")?;
-    check::dtype(NAME, w, &WEIGHT_DTYPES, "the weight")?;
-    if x.shape.is_empty() || w.shape.len() != 2 {
-        return Err(check::shape_err(
-            NAME,
-            inputs,
-            "x needs a dimension and W must be [N, K]",
-        ));
-    }
-    let (n, k) = (w.shape[0], w.shape[1]);
-    if x.cols() != k {
-        return Err(check::shape_err(
-            NAME,
-            inputs,
-            format!("x has K = {}, W has K = {k}", x.cols()),
-        ));
-    }
-    let unit = w.dtype.block_size().max(chunk_len(w.dtype));
-    if k % unit != 0 {
-        return Err(check::shape_err(
-            NAME,
-            inputs,
-            format!("K = {k} is not a multiple of {unit} ({})", w.dtype),
-        ));
-    }
-    let m = x.rows();
-    check::numel_u32(NAME, inputs, x)?;
-    layout::gpu_bytes(w)
-        .and_then(|b| u32::try_from(b / 4).ok())
-        .ok_or_else(|| check::shape_err(NAME, inputs, "W has more than 2^32 words"))?;
-    m.checked_mul(n)
-        .and_then(|x| u32::try_from(x).ok())
-        .ok_or_else(|| check::shape_err(NAME, inputs, "y has more than 2^32 elements"))?;
+    let unit = |d: DType| d.block_size().max(chunk_len(d));
+    let (m, n, k) = check::x_by_weight(NAME, inputs, &WEIGHT_DTYPES, unit)?;
     Ok(Dims { m, n, k })
 }
 

@@ -140,33 +140,9 @@ struct Dims {
 impl QMatVec {
     fn dims(&self, inputs: &[TensorDesc]) -> Result<Dims, OpError> {
         check::arity(NAME, inputs, self.arity())?;
-        let (x, w) = (&inputs[0], &inputs[1]);
-        check::dtype(NAME, x, &[DType::F32], "x")?;
-        check::dtype(NAME, w, &WEIGHT_DTYPES, "the weight")?;
-        if x.shape.is_empty() || w.shape.len() != 2 {
-            return Err(check::shape_err(
-                NAME,
-                inputs,
-                "x needs a dimension and W must be [N, K]",
-            ));
-        }
-        let (n, k) = (w.shape[0], w.shape[1]);
-        if x.cols() != k {
-            return Err(check::shape_err(
-                NAME,
-                inputs,
-                format!("x has {} columns, W has K = {k}", x.cols()),
-            ));
-        }
-        let unit = w.dtype.block_size().max(4);
-        if k % unit != 0 || n == 0 {
-            return Err(check::shape_err(
-                NAME,
-                inputs,
-                format!("K = {k} is not a positive multiple of {unit} ({})", w.dtype),
-            ));
-        }
-        let m = x.rows();
+        let unit = |d: DType| d.block_size().max(4);
+        let (m, n, k) = check::x_by_weight(NAME, inputs, &WEIGHT_DTYPES, unit)?;
+        let x = &inputs[0];
         let mut extra = 2;
         if matches!(self.prologue, Prologue::Norm { .. }) {
             let g = &inputs[extra];
@@ -201,13 +177,6 @@ impl QMatVec {
                 ));
             }
         }
-        check::numel_u32(NAME, inputs, x)?;
-        layout::gpu_bytes(w)
-            .and_then(|b| u32::try_from(b / 4).ok())
-            .ok_or_else(|| check::shape_err(NAME, inputs, "W has more than 2^32 words"))?;
-        m.checked_mul(n)
-            .and_then(|x| u32::try_from(x).ok())
-            .ok_or_else(|| check::shape_err(NAME, inputs, "y has more than 2^32 elements"))?;
         Ok(Dims { m, n, k })
     }
 }
