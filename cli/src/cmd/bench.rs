@@ -8,9 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use kiln::engine::OpTime;
+use kiln::engine::{OpTime, TensorId};
+use kiln::kernels::copy::Copy;
+use kiln::kernels::matmul::{coop_available, MatMul, MatMulVariant};
+use kiln::kernels::Op;
 use kiln::loaders::GgufFile;
 use kiln::synth::{self, SynthSpec};
+use kiln::{CpuTensor, DType, Graph, TensorDesc};
 use kiln::{Model, ModelOptions};
 use serde_json::json;
 
@@ -34,6 +38,12 @@ pub struct Args {
     /// Repetitions of each test.
     #[arg(short, long, default_value_t = 5)]
     repetitions: usize,
+    /// Measure the device's ceilings instead of a model: copy bandwidth
+    /// (256 MiB of f32) and matmul peak (4096^3; f16 cooperative matrices
+    /// where the device has them, else tiled f32), the yardsticks the
+    /// model figures are read against.
+    #[arg(long, conflicts_with_all = ["model", "synthetic"])]
+    roofline: bool,
     /// Also time every dispatch of one prefill and one decode step (GPU
     /// timestamps) and print the totals per kernel.
     #[arg(long)]
@@ -97,6 +107,9 @@ fn describe(path: &Path, name: String) -> Result<ModelInfo> {
 pub fn run(args: Args) -> Result<()> {
     if args.repetitions == 0 {
         bail!("-r must be at least 1");
+    }
+    if args.roofline {
+        return roofline(&args.device.open()?, args.repetitions);
     }
     if args.n_prompt == 0 && args.n_gen == 0 {
         bail!("nothing to run: -p and -n are both 0");
@@ -183,6 +196,79 @@ pub fn run(args: Args) -> Result<()> {
             print_profile(&format!("tg step at position {pos}"), &times);
         }
     }
+    Ok(())
+}
+
+/// Times a one-op graph on `device`: seconds per run (best of `reps`
+/// batches of 20 back-to-back runs, device timestamps where available).
+fn time_op(
+    device: &kiln::Device,
+    op: impl Op + 'static,
+    inputs: &[TensorDesc],
+    reps: usize,
+) -> Result<f64> {
+    let mut g = Graph::new();
+    let ids: Vec<TensorId> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| g.input(format!("in{i}"), d.clone()))
+        .collect();
+    let out = g.apply("out", std::sync::Arc::new(op), &ids)?;
+    g.output(out);
+    let mut plan = device.executor().compile(&g)?;
+    let data: Vec<CpuTensor> = inputs
+        .iter()
+        .map(CpuTensor::zeros)
+        .collect::<Result<_, _>>()?;
+    let feeds: Vec<_> = ids.iter().copied().zip(data.iter()).collect();
+    plan.time(&feeds, 2)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        best = best.min(plan.time(&feeds, 20)?.seconds());
+    }
+    Ok(best)
+}
+
+/// `--roofline`: the device's copy bandwidth and matmul peak.
+fn roofline(device: &kiln::Device, reps: usize) -> Result<()> {
+    // 256 MiB, or the largest binding the device allows.
+    let (coop, binding) = match device {
+        kiln::Device::Gpu(ctx) => (
+            coop_available(&ctx.caps),
+            ctx.caps.max_storage_binding_bytes,
+        ),
+        kiln::Device::Cpu => bail!("--roofline measures a GPU; the CPU executor has none"),
+    };
+    let n = (256u64 << 20).min(binding) as usize / 4;
+    let input = TensorDesc::f32([n]);
+    let copy = time_op(device, Copy { to: DType::F32 }, &[input], reps)?;
+    let bytes = 2.0 * 4.0 * n as f64;
+    println!("roofline of {}", device.name());
+    println!(
+        "  copy {} MiB f32:   {:.3} ms, {:.1} GB/s (read + write)",
+        (n * 4) >> 20,
+        copy * 1e3,
+        bytes / copy / 1e9
+    );
+    let (dtype, variant, what) = if coop {
+        (
+            DType::F16,
+            MatMulVariant::Coop,
+            "f16 cooperative matrices, f32 accumulate",
+        )
+    } else {
+        (DType::F32, MatMulVariant::Tiled, "tiled f32")
+    };
+    let m = 4096;
+    let ab = TensorDesc::new(dtype, [m, m]);
+    let op = MatMul::default().with_variant(variant);
+    let mm = time_op(device, op, &[ab.clone(), ab], reps)?;
+    let flops = 2.0 * (m as f64).powi(3);
+    println!(
+        "  matmul 4096^3:      {:.3} ms, {:.1} TFLOP/s ({what})",
+        mm * 1e3,
+        flops / mm / 1e12
+    );
     Ok(())
 }
 
