@@ -57,19 +57,9 @@ const SUM_WG: &str = "norm_red[ids.lid] = ss;
     }
     let total = norm_red[0];";
 
-/// Weight dtypes the kernel decodes.
-pub const WEIGHT_DTYPES: [DType; 10] = [
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-    DType::F16,
-    DType::F32,
-];
+/// Weight dtypes the kernel decodes: qmatmul's, so a model's weights run
+/// on both.
+pub use crate::qmatmul::WEIGHT_DTYPES;
 
 /// Most rows of x one workgroup serves (its quads of x are reused that
 /// many times from registers).
