@@ -160,43 +160,39 @@ fn decode_benches() -> Vec<Bench> {
         (49152, 576, DType::Q8_0),
         (1536, 576, DType::Q4_1),
     ];
-    let mut v = Vec::new();
-    // KILN_BENCH_SWEEP=qmatvec: every workgroup size and row grouping.
+    // KILN_BENCH_SWEEP=qmatvec: every workgroup size, row grouping and
+    // unroll too.
     let sweep = std::env::var("KILN_BENCH_SWEEP").is_ok_and(|s| s == "qmatvec");
+    let mut v = Vec::new();
     for (n, k, w) in shapes {
+        let wdesc = TensorDesc::new(w, [n, k]);
+        let bytes = kiln_kernels::layout::gpu_bytes(&wdesc).unwrap_or(0) + 4 * (k + n);
+        let mut row = |name: String, op: Arc<dyn Op>| {
+            v.push(Bench {
+                name,
+                op,
+                inputs: vec![f32d(&[1, k]), wdesc.clone()],
+                work: Work::Bytes(bytes as f64),
+            })
+        };
         if sweep {
-            let wdesc = TensorDesc::new(w, [n, k]);
-            let bytes = kiln_kernels::layout::gpu_bytes(&wdesc).unwrap_or(0) + 4 * (k + n);
             for wg in [64, 128, 256] {
                 for rows in [1, 2, 4] {
                     for unroll in [1, 2, 4] {
                         let mut op = QMatVec::new(Prologue::None, false);
                         op.shape = Some((wg, rows, unroll));
-                        v.push(Bench {
-                            name: format!("qmatvec 1x{k}x{n} {w} wg{wg} r{rows} u{unroll}"),
-                            op: Arc::new(op),
-                            inputs: vec![f32d(&[1, k]), wdesc.clone()],
-                            work: Work::Bytes(bytes as f64),
-                        });
+                        let name = format!("qmatvec 1x{k}x{n} {w} wg{wg} r{rows} u{unroll}");
+                        row(name, Arc::new(op));
                     }
                 }
             }
         }
-        let wdesc = TensorDesc::new(w, [n, k]);
-        let bytes = kiln_kernels::layout::gpu_bytes(&wdesc).unwrap_or(0) + 4 * (k + n);
-        let inputs = vec![f32d(&[1, k]), wdesc];
-        v.push(Bench {
-            name: format!("qmatvec 1x{k}x{n} {w}"),
-            op: Arc::new(QMatVec::new(Prologue::None, false)),
-            inputs: inputs.clone(),
-            work: Work::Bytes(bytes as f64),
-        });
-        v.push(Bench {
-            name: format!("qmatmul matvec 1x{k}x{n} {w}"),
-            op: Arc::new(QMatMul::default()),
-            inputs,
-            work: Work::Bytes(bytes as f64),
-        });
+        let plain = QMatVec::new(Prologue::None, false);
+        row(format!("qmatvec 1x{k}x{n} {w}"), Arc::new(plain));
+        row(
+            format!("qmatmul matvec 1x{k}x{n} {w}"),
+            Arc::new(QMatMul::default()),
+        );
     }
     v
 }
@@ -374,14 +370,7 @@ impl Ready {
         descs: &[TensorDesc],
         rng: &mut StdRng,
     ) -> Result<Ready, String> {
-        let mut g = Graph::new();
-        let ids: Vec<TensorId> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| g.input(format!("in{i}"), d.clone()))
-            .collect();
-        let out = g.apply("out", op, &ids).map_err(|e| e.to_string())?;
-        g.output(out);
+        let (g, ids) = Graph::single_op(op, descs).map_err(|e| e.to_string())?;
         let plan = device.executor().compile(&g).map_err(|e| e.to_string())?;
         let inputs = descs.iter().map(|d| random(rng, d)).collect();
         Ok(Ready { plan, ids, inputs })

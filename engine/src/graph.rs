@@ -110,6 +110,24 @@ impl Graph {
         Ok(self.push(name, NodeKind::Reshape, vec![t], to))
     }
 
+    /// A graph of one op over fresh inputs `in0, in1, ...` of `inputs`'
+    /// descs, its result `out` the only output; returns the input ids in
+    /// order, for feeding (op tests, kernel benchmarks).
+    pub fn single_op(
+        op: Arc<dyn Op>,
+        inputs: &[TensorDesc],
+    ) -> Result<(Graph, Vec<TensorId>), EngineError> {
+        let mut g = Graph::new();
+        let ids: Vec<TensorId> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| g.input(format!("in{i}"), d.clone()))
+            .collect();
+        let out = g.apply("out", op, &ids)?;
+        g.output(out);
+        Ok((g, ids))
+    }
+
     /// Applies `op` to `inputs`, checking shapes now so a bad model fails at
     /// build time with the node named.
     pub fn op(

@@ -54,15 +54,7 @@ fn run_case(
     case: &OpCase,
     inputs: &[CpuTensor],
 ) -> Result<CpuTensor, EngineError> {
-    let mut g = Graph::new();
-    let ids: Vec<_> = case
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| g.input(format!("in{i}"), d.clone()))
-        .collect();
-    let out = g.apply("out", case.op.clone(), &ids)?;
-    g.output(out);
+    let (g, ids) = Graph::single_op(case.op.clone(), &case.inputs)?;
     let mut plan = device.executor().compile(&g)?;
     let feeds: Vec<_> = ids.iter().copied().zip(inputs.iter()).collect();
     Ok(plan.run(&feeds)?.remove(0))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use kiln::engine::{OpTime, TensorId};
+use kiln::engine::OpTime;
 use kiln::kernels::copy::Copy;
 use kiln::kernels::matmul::{coop_available, MatMul, MatMulVariant};
 use kiln::kernels::Op;
@@ -207,14 +207,7 @@ fn time_op(
     inputs: &[TensorDesc],
     reps: usize,
 ) -> Result<f64> {
-    let mut g = Graph::new();
-    let ids: Vec<TensorId> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| g.input(format!("in{i}"), d.clone()))
-        .collect();
-    let out = g.apply("out", std::sync::Arc::new(op), &ids)?;
-    g.output(out);
+    let (g, ids) = Graph::single_op(std::sync::Arc::new(op), inputs)?;
     let mut plan = device.executor().compile(&g)?;
     let data: Vec<CpuTensor> = inputs
         .iter()
