@@ -299,9 +299,7 @@ impl Model {
     /// Device time of every dispatch of one forward over `tokens` at
     /// `pos` (last-position logits), in graph order (GPU only).
     pub fn profile(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<OpTime>, Error> {
-        self.check(tokens, pos)?;
-        let compiled = self.compiled(tokens.len(), pos, LogitsMode::Last)?;
-        let inputs = ForwardInputs::new(tokens, pos)?;
+        let (compiled, inputs) = self.prepare(tokens, pos, LogitsMode::Last)?;
         Ok(compiled.plan.profile(&compiled.graph.feeds(&inputs))?)
     }
 
@@ -315,10 +313,20 @@ impl Model {
         pos: usize,
         iters: u32,
     ) -> Result<kiln_engine::Timing, Error> {
-        self.check(tokens, pos)?;
-        let compiled = self.compiled(tokens.len(), pos, LogitsMode::Last)?;
-        let inputs = ForwardInputs::new(tokens, pos)?;
+        let (compiled, inputs) = self.prepare(tokens, pos, LogitsMode::Last)?;
         Ok(compiled.plan.time(&compiled.graph.feeds(&inputs), iters)?)
+    }
+
+    /// A forward over `tokens` at `pos`, checked: its plan and its inputs.
+    fn prepare(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        mode: LogitsMode,
+    ) -> Result<(&mut Compiled, ForwardInputs), Error> {
+        self.check(tokens, pos)?;
+        let inputs = ForwardInputs::new(tokens, pos)?;
+        Ok((self.compiled(tokens.len(), pos, mode)?, inputs))
     }
 
     /// The plan for `n` tokens at `pos`, compiled on first use. Steps that
@@ -341,9 +349,7 @@ impl Model {
     }
 
     fn run(&mut self, tokens: &[u32], pos: usize, mode: LogitsMode) -> Result<Vec<f32>, Error> {
-        self.check(tokens, pos)?;
-        let compiled = self.compiled(tokens.len(), pos, mode)?;
-        let inputs = ForwardInputs::new(tokens, pos)?;
+        let (compiled, inputs) = self.prepare(tokens, pos, mode)?;
         let mut out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
         let rows = if mode == LogitsMode::Last {
             1
