@@ -392,8 +392,9 @@ impl Op for QMatVec {
         }
         bindings += &format!("@group(0) @binding({b}) var<storage, read_write> y: array<f32>;\n");
         let helpers = HELPERS.split("// @decoder ").next().unwrap_or_default();
-        let decoder = DECODERS
-            .split("// @decoder ")
+        let mut parts = DECODERS.split("// @decoder ");
+        let quad_helpers = parts.next().unwrap_or_default();
+        let decoder = parts
             .find(|p| p.split_whitespace().next() == Some(wd.name()))
             .ok_or(OpError::DType {
                 op: NAME,
@@ -435,7 +436,7 @@ impl Op for QMatVec {
                     },
                 ),
                 ("BINDINGS", bindings),
-                ("DECODERS", format!("{helpers}// {decoder}")),
+                ("DECODERS", format!("{helpers}{quad_helpers}// {decoder}")),
                 ("DECODE", format!("dq_{}", wd.name())),
                 ("REDUCE", reduce.into()),
             ],

@@ -5,15 +5,21 @@
 // `high_bits`, `ibytes4` and `scale_min_k4` these use). Legacy blocks hold
 // 8 quads, K-quant blocks 64 (8 sub-blocks j of 8 quads q).
 //
-// Each "@decoder <dtype>" line starts one decoder; a kernel includes one.
+// Each "@decoder <dtype>" line starts one decoder; a kernel includes one,
+// after the helper below.
+
+// The 4-bit parts of quad q of legacy block b (Q4_0, Q4_1, Q5_0, Q5_1):
+// quad q < 4 is the low nibbles of word q, q >= 4 the high nibbles of
+// word q - 4 (values 16 + 4 (q - 4) = 4q on).
+fn nibbles4(b: u32, q: u32) -> vec4<u32> {
+    return (bytes4(word(4u * b + (q & 3u))) >> vec4<u32>((q >> 2u) << 2u)) & vec4<u32>(15u);
+}
 
 // @decoder q4_0
-// Quad q < 4 is the low nibbles of word q, q >= 4 the high nibbles of word
-// q - 4 (values 16 + 4 (q - 4) = 4q on).
 fn dq_q4_0(n: u32, t: u32) -> vec4<f32> {
     let b = n * p.blocks + (t >> 3u);
     let q = t & 7u;
-    let v = (bytes4(word(4u * b + (q & 3u))) >> vec4<u32>((q >> 2u) << 2u)) & vec4<u32>(15u);
+    let v = nibbles4(b, q);
     return (vec4<f32>(v) - 8.0) * half_at(p.s1, b);
 }
 
@@ -21,7 +27,7 @@ fn dq_q4_0(n: u32, t: u32) -> vec4<f32> {
 fn dq_q4_1(n: u32, t: u32) -> vec4<f32> {
     let b = n * p.blocks + (t >> 3u);
     let q = t & 7u;
-    let v = (bytes4(word(4u * b + (q & 3u))) >> vec4<u32>((q >> 2u) << 2u)) & vec4<u32>(15u);
+    let v = nibbles4(b, q);
     let dm = pair_at(p.s1, b);
     return vec4<f32>(v) * dm.x + dm.y;
 }
@@ -31,7 +37,7 @@ fn dq_q4_1(n: u32, t: u32) -> vec4<f32> {
 fn dq_q5_0(n: u32, t: u32) -> vec4<f32> {
     let b = n * p.blocks + (t >> 3u);
     let q = t & 7u;
-    let lo = (bytes4(word(4u * b + (q & 3u))) >> vec4<u32>((q >> 2u) << 2u)) & vec4<u32>(15u);
+    let lo = nibbles4(b, q);
     let v = lo | high_bits(word(p.s1 + b), 4u * q);
     return (vec4<f32>(v) - 16.0) * half_at(p.s2, b);
 }
@@ -40,7 +46,7 @@ fn dq_q5_0(n: u32, t: u32) -> vec4<f32> {
 fn dq_q5_1(n: u32, t: u32) -> vec4<f32> {
     let b = n * p.blocks + (t >> 3u);
     let q = t & 7u;
-    let lo = (bytes4(word(4u * b + (q & 3u))) >> vec4<u32>((q >> 2u) << 2u)) & vec4<u32>(15u);
+    let lo = nibbles4(b, q);
     let v = lo | high_bits(word(p.s1 + b), 4u * q);
     let dm = pair_at(p.s2, b);
     return vec4<f32>(v) * dm.x + dm.y;
