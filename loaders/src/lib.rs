@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod hub;
+pub mod lora;
 pub mod metadata;
 pub mod paths;
 pub mod safetensors;
@@ -16,6 +17,10 @@ pub use config::{ModelConfig, RopeScaling};
 pub use error::{ErrorKind, LoadError};
 pub use gguf::{GgufFile, GgufWriter, TensorInfo};
 pub use hub::{Hub, HubError};
+pub use lora::{
+    BaseShapes, LoraAdapter, LoraError, LoraErrorKind, LoraFormat, LoraHalf, LoraModule,
+    LoraTarget, PeftConfig,
+};
 pub use metadata::{Metadata, Value, ValueType};
 pub use safetensors::{SafetensorsFile, SafetensorsModel};
 pub use tokenizer::{
