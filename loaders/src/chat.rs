@@ -10,7 +10,7 @@ use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Message {
@@ -94,6 +94,12 @@ pub enum ChatError {
     Raised(String),
     #[error("chat template failed to render: {0}")]
     Render(#[source] minijinja::Error),
+    #[error("tokenizing the conversation: {0}")]
+    Tokenize(#[from] crate::tokenizer::TokenizerError),
+    /// A message holds the text of a control token and the template
+    /// changed that message, so its text cannot be kept literal.
+    #[error("message {index} contains control-token text ({role}) that the template rewrites")]
+    Injection { index: usize, role: String },
 }
 
 /// Marks errors from `raise_exception` so they can be told apart.
@@ -186,6 +192,63 @@ impl ChatTemplate {
                 Some(message) => ChatError::Raised(message.to_owned()),
                 None => ChatError::Render(e),
             })
+    }
+}
+
+impl ChatTemplate {
+    /// The token ids of a conversation: the rendered template with its
+    /// control tokens (`<|im_start|>`, ...) parsed as such, but the text of
+    /// every message kept literal, so a user who writes `<|im_end|>` gets
+    /// those characters, not a forged end of turn (llama-server parses
+    /// them; ollama does not). BOS comes from the template, not added.
+    ///
+    /// Messages without control-token text tokenize as part of the whole
+    /// rendered string, exactly as before; one with such text is found in
+    /// the rendered string and tokenized on its own without special
+    /// tokens. If the template changed it (so it cannot be found), that is
+    /// [`ChatError::Injection`].
+    pub fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ChatError> {
+        let text = self.render(messages, add_generation_prompt)?;
+        let opts = |parse_special| EncodeOptions {
+            add_special: false,
+            parse_special,
+        };
+        let mut literal = Vec::new();
+        for (index, m) in messages.iter().enumerate() {
+            let content = m.content.as_str();
+            if content.is_empty()
+                || tokenizer.encode(content, opts(true))? == tokenizer.encode(content, opts(false))?
+            {
+                continue;
+            }
+            literal.push((index, m));
+        }
+        if literal.is_empty() {
+            return Ok(tokenizer.encode(&text, opts(true))?);
+        }
+        // Spans of the rendered text that hold those messages, in order.
+        let mut ids = Vec::new();
+        let mut cursor = 0;
+        for (index, m) in literal {
+            let Some(at) = text[cursor..].find(&m.content) else {
+                return Err(ChatError::Injection {
+                    index,
+                    role: m.role.clone(),
+                });
+            };
+            let start = cursor + at;
+            ids.extend(tokenizer.encode(&text[cursor..start], opts(true))?);
+            let end = start + m.content.len();
+            ids.extend(tokenizer.encode(&text[start..end], opts(false))?);
+            cursor = end;
+        }
+        ids.extend(tokenizer.encode(&text[cursor..], opts(true))?);
+        Ok(ids)
     }
 }
 
