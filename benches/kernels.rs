@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_engine::{CpuTensor, DType, Device, Graph, Plan, TensorDesc, TensorId};
+use kiln_kernels::argmax::ArgMax;
 use kiln_kernels::attention::AttnConfig;
 use kiln_kernels::cases::Tolerance;
 use kiln_kernels::copy::Copy;
@@ -335,6 +336,20 @@ fn benches(coop: bool) -> Vec<Bench> {
             vec![rows(16384)],
         ),
         streaming("transpose 4096x16384 f32", Transpose, vec![rows(16384)]),
+        // Greedy decode's one token id per step: SmolLM's and Qwen2's
+        // vocabularies (196 KB and 608 KB of logits, one workgroup reading
+        // each), and a prefill's worth of rows.
+        streaming("argmax 1x49152", ArgMax::default(), vec![f32d(&[1, 49152])]),
+        streaming(
+            "argmax 1x152064",
+            ArgMax::default(),
+            vec![f32d(&[1, 152_064])],
+        ),
+        streaming(
+            "argmax 512x152064",
+            ArgMax::default(),
+            vec![f32d(&[512, 152_064])],
+        ),
     ]);
     v
 }

@@ -1,7 +1,10 @@
 //! Debug mode: run a graph on the GPU one dispatch at a time and compare
 //! every node with the CPU executor, naming the first node that differs.
 
+use std::borrow::Cow;
+
 use kiln_kernels::cases::Tolerance;
+use kiln_kernels::CpuTensor;
 
 use crate::cpu;
 use crate::error::EngineError;
@@ -55,6 +58,15 @@ pub fn first_violation(
     worst.map(|(i, g, w, _)| (i, g, w, max_diff))
 }
 
+/// A node's values as f32 for comparing: float outputs as they are, I32
+/// ones (token ids from argmax, positions) converted, exactly below 2^24.
+fn comparable(t: &CpuTensor) -> Result<Cow<'_, [f32]>, EngineError> {
+    match t.to_i32() {
+        Some(ids) => Ok(Cow::Owned(ids.into_iter().map(|i| i as f32).collect())),
+        None => Ok(t.to_f32()?),
+    }
+}
+
 /// Runs `graph` op by op on the GPU and returns the first node whose output
 /// differs from the CPU executor's by more than `tol`.
 pub fn compare_with_cpu(
@@ -72,8 +84,8 @@ pub fn compare_with_cpu(
         let Some(want) = reference[i].as_deref() else {
             return Ok(true);
         };
-        let got = value.to_f32()?;
-        let want = want.to_f32()?;
+        let got = comparable(&value)?;
+        let want = comparable(want)?;
         if let Some((index, g, c, max_abs_diff)) = first_violation(&got, &want, tol) {
             let op = match &node.kind {
                 crate::graph::NodeKind::Op(op) => op.name().to_string(),

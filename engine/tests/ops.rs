@@ -33,8 +33,21 @@ fn random_input(rng: &mut StdRng, desc: &TensorDesc, case: &OpCase) -> CpuTensor
             .collect();
         return CpuTensor::from_bytes(desc.clone(), bytes).expect("shape matches");
     }
+    let d = case.dist;
     let values: Vec<f32> = (0..n)
-        .map(|_| rng.random_range(case.dist.lo..case.dist.hi))
+        .map(|_| {
+            let v = if d.hi > d.lo {
+                rng.random_range(d.lo..d.hi)
+            } else {
+                d.lo
+            };
+            let pick = if d.specials.is_empty() {
+                1.0
+            } else {
+                rng.random()
+            };
+            d.value(v, pick)
+        })
         .collect();
     match desc.dtype {
         DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values).expect("shape matches"),
@@ -60,17 +73,48 @@ fn run_case(
     Ok(plan.run(&feeds)?.remove(0))
 }
 
+/// How `got` strays from `want`, if it does: float outputs within the
+/// case's tolerance, I32 outputs (token ids) exactly.
+fn mismatch(got: &CpuTensor, want: &CpuTensor, case: &OpCase) -> Option<String> {
+    if want.dtype() == DType::I32 {
+        let (Some(got), Some(want)) = (got.to_i32(), want.to_i32()) else {
+            return Some(format!("got {:?}, want {:?}", got.desc(), want.desc()));
+        };
+        if got.len() != want.len() {
+            return Some(format!("{} values, want {}", got.len(), want.len()));
+        }
+        let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        let (i, (g, w)) = got
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .find(|(_, (g, w))| g != w)?;
+        return Some(format!(
+            "at [{i}] got {g}, want {w} ({bad} of {} differ)",
+            want.len()
+        ));
+    }
+    let got = got.to_f32().expect("outputs are float or I32");
+    let want = want.to_f32().expect("outputs are float or I32");
+    let (i, g, w, max) = first_violation(&got, &want, case.tolerance)?;
+    Some(format!(
+        "at [{i}] got {g}, want {w} (max |diff| {max}, tolerance {:?})",
+        case.tolerance
+    ))
+}
+
 #[test]
 fn every_op_on_every_device_matches_the_cpu_reference() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let devices = devices("op tests");
-    // KILN_OPS=QMatVec runs only the cases whose label contains it.
-    let only = std::env::var("KILN_OPS").unwrap_or_default();
+    // KILN_OPS=qmatvec runs only the cases whose label contains it (in
+    // any case: labels start with the op's type name, `QMatVec { .. }`).
+    let only = std::env::var("KILN_OPS").unwrap_or_default().to_lowercase();
     let cases: Vec<OpCase> = kiln_kernels::OP_CASES
         .iter()
         .flat_map(|f| f())
-        .filter(|c| c.label.contains(&only))
+        .filter(|c| c.label.to_lowercase().contains(&only))
         .collect();
     assert!(!cases.is_empty(), "no op cases registered");
     let mut failures = Vec::new();
@@ -83,19 +127,12 @@ fn every_op_on_every_device_matches_the_cpu_reference() {
             .collect();
         let want = run_case(&Device::Cpu, case, &inputs)
             .unwrap_or_else(|e| panic!("{}: CPU reference failed: {e}", case.label));
-        let want = want.to_f32().expect("outputs are float");
         for device in devices.iter().filter(|d| matches!(d, Device::Gpu(_))) {
             match run_case(device, case, &inputs) {
                 Ok(got) => {
                     ran += 1;
-                    let got = got.to_f32().expect("outputs are float");
-                    if let Some((i, g, w, max)) = first_violation(&got, &want, case.tolerance) {
-                        failures.push(format!(
-                            "{} on {}: at [{i}] got {g}, want {w} (max |diff| {max}, tolerance {:?})",
-                            case.label,
-                            device.name(),
-                            case.tolerance
-                        ));
+                    if let Some(why) = mismatch(&got, &want, case) {
+                        failures.push(format!("{} on {}: {why}", case.label, device.name()));
                     }
                 }
                 Err(EngineError::Op {

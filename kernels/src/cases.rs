@@ -21,16 +21,58 @@ impl Tolerance {
     }
 }
 
-/// The distribution random inputs are drawn from (uniform in `[lo, hi)`).
+/// The distribution random inputs are drawn from: uniform in `[lo, hi)`
+/// (just `lo` when `hi <= lo`), optionally rounded down to a multiple of
+/// `step` so that equal values (ties) are common, and each value replaced
+/// with probability `p` by a `(value, p)` of `specials`: what no range
+/// yields (NaN, ±inf).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dist {
     pub lo: f32,
     pub hi: f32,
+    /// 0 for no rounding.
+    pub step: f32,
+    pub specials: &'static [(f32, f32)],
 }
 
 impl Dist {
     pub const fn uniform(lo: f32, hi: f32) -> Dist {
-        Dist { lo, hi }
+        Dist {
+            lo,
+            hi,
+            step: 0.0,
+            specials: &[],
+        }
+    }
+
+    /// Values rounded down to a multiple of `step`.
+    pub const fn step(mut self, step: f32) -> Dist {
+        self.step = step;
+        self
+    }
+
+    /// Each value replaced by `value` with probability `p`, for each
+    /// `(value, p)` in turn (the `p`s should sum to at most 1).
+    pub const fn specials(mut self, specials: &'static [(f32, f32)]) -> Dist {
+        self.specials = specials;
+        self
+    }
+
+    /// The input value, from `v` drawn uniformly in `[lo, hi)` (or `lo`)
+    /// and an independent `pick` uniform in `[0, 1)` that chooses a special.
+    pub fn value(&self, v: f32, pick: f32) -> f32 {
+        let mut acc = 0.0;
+        for &(special, p) in self.specials {
+            acc += p;
+            if pick < acc {
+                return special;
+            }
+        }
+        if self.step > 0.0 {
+            (v / self.step).floor() * self.step
+        } else {
+            v
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! pipelines), so loaders can share the dtype table without pulling a GPU
 //! stack in.
 
+pub mod argmax;
 pub mod attention;
 pub mod attention_split;
 pub mod cases;
@@ -50,4 +51,5 @@ pub const OP_CASES: &[fn() -> Vec<cases::OpCase>] = &[
     qmatvec::cases,
     get_rows::cases,
     rope::cases,
+    argmax::cases,
 ];

@@ -125,6 +125,27 @@ impl CpuTensor {
         })
     }
 
+    /// An I32 tensor (token ids, positions) from its values.
+    pub fn from_i32(
+        shape: impl Into<Vec<usize>>,
+        values: &[i32],
+    ) -> Result<CpuTensor, TensorError> {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        CpuTensor::from_bytes(TensorDesc::new(DType::I32, shape), bytes)
+    }
+
+    /// The values, when the dtype is I32.
+    pub fn to_i32(&self) -> Option<Vec<i32>> {
+        match (&self.data, self.desc.dtype) {
+            (CpuData::Bytes(b), DType::I32) => Some(
+                b.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
     /// f32 values stored as f16 (rounded to nearest).
     pub fn from_f32_as_f16(
         shape: impl Into<Vec<usize>>,
