@@ -23,8 +23,9 @@ fn seed() -> u64 {
         })
 }
 
-/// Random values in `case.dist`, stored in the input's dtype.
-fn random_input(rng: &mut StdRng, desc: &TensorDesc, case: &OpCase) -> CpuTensor {
+/// Random values in `case.dist` (some exactly 0 where `case.zeros` names
+/// input `i`), stored in the input's dtype.
+fn random_input(rng: &mut StdRng, i: usize, desc: &TensorDesc, case: &OpCase) -> CpuTensor {
     let n = desc.numel().expect("case shapes are small");
     if desc.dtype == DType::I32 {
         let (lo, hi) = case.ints;
@@ -34,7 +35,7 @@ fn random_input(rng: &mut StdRng, desc: &TensorDesc, case: &OpCase) -> CpuTensor
         return CpuTensor::from_bytes(desc.clone(), bytes).expect("shape matches");
     }
     let d = case.dist;
-    let values: Vec<f32> = (0..n)
+    let mut values: Vec<f32> = (0..n)
         .map(|_| {
             let v = if d.hi > d.lo {
                 rng.random_range(d.lo..d.hi)
@@ -49,6 +50,14 @@ fn random_input(rng: &mut StdRng, desc: &TensorDesc, case: &OpCase) -> CpuTensor
             d.value(v, pick)
         })
         .collect();
+    // Only inputs with zeros draw more, so other cases replay as before.
+    for &(_, fraction) in case.zeros.iter().filter(|(at, _)| *at == i) {
+        for v in &mut values {
+            if rng.random::<f32>() < fraction {
+                *v = 0.0;
+            }
+        }
+    }
     match desc.dtype {
         DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values).expect("shape matches"),
         DType::F16 => {
@@ -123,7 +132,8 @@ fn every_op_on_every_device_matches_the_cpu_reference() {
         let inputs: Vec<CpuTensor> = case
             .inputs
             .iter()
-            .map(|d| random_input(&mut rng, d, case))
+            .enumerate()
+            .map(|(i, d)| random_input(&mut rng, i, d, case))
             .collect();
         let want = run_case(&Device::Cpu, case, &inputs)
             .unwrap_or_else(|e| panic!("{}: CPU reference failed: {e}", case.label));

@@ -87,6 +87,9 @@ pub struct OpCase {
     /// Where I32 inputs (positions, lengths) are drawn from, uniform in
     /// `[lo, hi)`: they must be valid for the op, unlike random floats.
     pub ints: (i32, i32),
+    /// `(input, fraction)`: about that fraction of the input's values is
+    /// exactly 0 (masks, scales of an adapter that some rows do not use).
+    pub zeros: Vec<(usize, f32)>,
     pub tolerance: Tolerance,
 }
 
@@ -100,6 +103,7 @@ impl OpCase {
             inputs,
             dist: Dist::uniform(-1.0, 1.0),
             ints: (0, 1),
+            zeros: Vec::new(),
             tolerance,
         }
     }
@@ -112,6 +116,12 @@ impl OpCase {
     /// Draws I32 inputs uniformly from `[lo, hi)`.
     pub fn ints(mut self, lo: i32, hi: i32) -> OpCase {
         self.ints = (lo, hi);
+        self
+    }
+
+    /// Sets about `fraction` of input `input`'s values to exactly 0.
+    pub fn zeros(mut self, input: usize, fraction: f32) -> OpCase {
+        self.zeros.push((input, fraction));
         self
     }
 }

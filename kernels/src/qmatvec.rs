@@ -6,15 +6,28 @@
 //! gate and u the up projection, both `[.., M, K]` ([`Prologue::SwiGlu`]),
 //! and `+ r`
 //! (`[.., M, N]`, [`QMatVec::residual`]) adds the residual stream. One
-//! dispatch stands for up to four, and each dispatch that depends on the
+//! dispatch stands for up to five, and each dispatch that depends on the
 //! previous costs ~3 µs on a big GPU: that, not bytes, bounds small models.
 //!
-//! Inputs in order: x, W, g (Norm) or u (SwiGlu), r (residual).
+//! LoRA epilogue ([`QMatVec::lora`], [`QMatVec::with_lora`]): adapters are
+//! applied unmerged, `y = x'·Wᵀ + Σ_r B[n, r] · (u[m, r] · s[m, r]) (+ r)`,
+//! where `u = x'·Aᵀ` `[.., M, R]` came from an earlier dispatch (the stacked
+//! A of every loaded adapter, `[R, K]`), s `[.., M, R]` holds each batch
+//! row's scale per rank (the adapter's scale where that row uses it, 0
+//! elsewhere: adapters are swapped and chosen per request by rewriting s,
+//! with no new pipeline) and B `[N, R]` is the stacked up-projection. R is
+//! a uniform, not part of the kernel key; any R ≥ 1.
+//!
+//! Inputs in order: x, W, g (Norm) or u (SwiGlu), r (residual), then with
+//! LoRA lu `[.., M, R]`, ls `[.., M, R]`, lb `[N, R]` (all F32).
 //!
 //! Kernel: `qmatvec.wgsl`. Invocations stride each weight row by quads (4
 //! values), so x and W loads are coalesced across neighbouring invocations;
 //! each quad of x serves ROWS weight rows. Accumulation is f32 on
-//! dequantized weights with x never quantized.
+//! dequantized weights with x never quantized. The LoRA term is spread the
+//! same way: invocation i adds ranks i, i + WG, .. of every (weight row, x
+//! row) to its partial sums before the reduction, so it costs R
+//! multiply-adds per output shared by the workgroup, and no barrier.
 
 use rayon::prelude::*;
 
@@ -82,6 +95,9 @@ pub struct QMatVec {
     pub prologue: Prologue,
     /// Adds a residual input r `[.., M, N]` to the product.
     pub residual: bool,
+    /// Adds the LoRA term `Σ_r lb[n, r] · lu[m, r] · ls[m, r]` from three
+    /// inputs after the others (module docs).
+    pub lora: bool,
     /// Use the subgroup reduction when the device has subgroups. Off only
     /// to test the workgroup-memory reduction on such a device.
     pub allow_subgroups: bool,
@@ -95,13 +111,22 @@ impl QMatVec {
         QMatVec {
             prologue,
             residual,
+            lora: false,
             allow_subgroups: true,
             shape: None,
         }
     }
 
+    /// The same op with the LoRA epilogue: inputs lu, ls, lb follow.
+    pub fn with_lora(mut self) -> QMatVec {
+        self.lora = true;
+        self
+    }
+
     fn arity(&self) -> usize {
-        2 + usize::from(self.prologue != Prologue::None) + usize::from(self.residual)
+        2 + usize::from(self.prologue != Prologue::None)
+            + usize::from(self.residual)
+            + 3 * usize::from(self.lora)
     }
 }
 
@@ -118,6 +143,8 @@ struct Params {
     s2: u32,
     s3: u32,
     eps: f32,
+    /// LoRA rank R (0 without LoRA).
+    rank: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -125,6 +152,8 @@ struct Dims {
     m: usize,
     n: usize,
     k: usize,
+    /// LoRA rank R; 0 without LoRA.
+    rank: usize,
 }
 
 impl QMatVec {
@@ -166,9 +195,50 @@ impl QMatVec {
                     format!("the residual must be {y_shape:?} like y"),
                 ));
             }
+            extra += 1;
         }
-        Ok(Dims { m, n, k })
+        let rank = if self.lora {
+            lora_rank(inputs, extra, n)?
+        } else {
+            0
+        };
+        Ok(Dims { m, n, k, rank })
     }
+}
+
+/// R, from lu `[.., M, R]`, ls (lu's shape) and lb `[N, R]` at
+/// `inputs[at..]`.
+fn lora_rank(inputs: &[TensorDesc], at: usize, n: usize) -> Result<usize, OpError> {
+    let (x, lu, ls, lb) = (&inputs[0], &inputs[at], &inputs[at + 1], &inputs[at + 2]);
+    check::dtype(NAME, lu, &[DType::F32], "the LoRA input u = A·x'")?;
+    check::dtype(NAME, ls, &[DType::F32], "the LoRA scales")?;
+    check::dtype(NAME, lb, &[DType::F32], "the LoRA B")?;
+    let lead = &x.shape[..x.shape.len() - 1];
+    let rank = lu.cols();
+    if lu.shape.len() != x.shape.len() || lu.shape[..lead.len()] != *lead || rank == 0 {
+        return Err(check::shape_err(
+            NAME,
+            inputs,
+            format!("the LoRA u must be {lead:?} + [R] with R >= 1, like x but for K"),
+        ));
+    }
+    if ls.shape != lu.shape {
+        return Err(check::shape_err(
+            NAME,
+            inputs,
+            "the LoRA scales must have the LoRA u's shape [.., M, R]",
+        ));
+    }
+    if lb.shape != [n, rank] {
+        return Err(check::shape_err(
+            NAME,
+            inputs,
+            format!("the LoRA B must be [N, R] = [{n}, {rank}]"),
+        ));
+    }
+    check::numel_u32(NAME, inputs, lu)?;
+    check::numel_u32(NAME, inputs, lb)?;
+    Ok(rank)
 }
 
 fn f32s(t: &CpuTensor) -> Result<std::borrow::Cow<'_, [f32]>, OpError> {
@@ -206,10 +276,13 @@ fn prologue_rows(prologue: Prologue, x: &[f32], extra: Option<&[f32]>, k: usize)
 /// quads WG apart per trip, every load issued before any arithmetic, so
 /// each invocation keeps rows * unroll loads in flight: a matvec is bound
 /// by memory latency as much as by bandwidth. A one-quad loop finishes.
+/// With LoRA, a last loop adds ranks lid, lid + WG, .. of the LoRA term to
+/// the same accumulators (each x row's u·s loaded once for all weight rows).
 fn unrolled(
     rows: u32,
     mr: u32,
     norm: bool,
+    lora: bool,
     decode: &str,
     unroll: u32,
     wg: u32,
@@ -260,6 +333,20 @@ fn unrolled(
         );
     }
     loops += &format!("    for (; t < p.quads; t += WG) {{\n{}    }}\n", body(1));
+    if lora {
+        loops += "    for (var j = ids.lid; j < p.rank; j += WG) {\n";
+        for i in 0..mr {
+            loops +=
+                &format!("        let us{i} = lu[xm{i} * p.rank + j] * ls[xm{i} * p.rank + j];\n");
+        }
+        for r in 0..rows {
+            loops += &format!("        let lb{r} = lb[wn{r} * p.rank + j];\n");
+            for i in 0..mr {
+                loops += &format!("        a{r}_{i} += lb{r} * us{i};\n");
+            }
+        }
+        loops += "    }\n";
+    }
     (setup, loops, accs.join(", "))
 }
 
@@ -277,22 +364,36 @@ impl Op for QMatVec {
     }
 
     /// x' as the kernel computes it, then each W row dequantized once
-    /// (ggml's arithmetic) and dotted with every row of x' in f64.
+    /// (ggml's arithmetic) and dotted with every row of x' in f64; the LoRA
+    /// term, also in f64, is added to that sum, the residual after.
     fn cpu(&self, inputs: &[&CpuTensor], out: &mut CpuTensor) -> Result<(), OpError> {
         let descs: Vec<TensorDesc> = inputs.iter().map(|t| t.desc().clone()).collect();
-        let Dims { m, n, k } = self.dims(&descs)?;
+        let Dims { m, n, k, rank } = self.dims(&descs)?;
         let x = f32s(inputs[0])?;
-        let extra = if self.prologue != Prologue::None {
-            Some(f32s(inputs[2])?)
-        } else {
-            None
+        // Inputs after x and W, in order: g or u, r, lu, ls, lb.
+        let mut rest = inputs[2..].iter();
+        let mut next = |on: bool| match on.then(|| rest.next()) {
+            None => Ok(None),
+            Some(Some(t)) => f32s(t).map(Some),
+            Some(None) => Err(OpError::Arity {
+                op: NAME,
+                expected: self.arity(),
+                got: inputs.len(),
+            }),
         };
-        let r = if self.residual {
-            Some(f32s(inputs[inputs.len() - 1])?)
-        } else {
-            None
-        };
+        let extra = next(self.prologue != Prologue::None)?;
+        let r = next(self.residual)?;
+        let (lu, ls, lb) = (next(self.lora)?, next(self.lora)?, next(self.lora)?);
         let xp = prologue_rows(self.prologue, &x, extra.as_deref(), k);
+        // [M, R]: each row's u scaled per rank, 0 where the adapter is off.
+        let us: Vec<f64> = match (&lu, &ls) {
+            (Some(lu), Some(ls)) => lu
+                .iter()
+                .zip(ls.iter())
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .collect(),
+            _ => Vec::new(),
+        };
         let wd = inputs[1].dtype();
         let w = inputs[1].bytes();
         let row_bytes = wd.bytes_for(k).ok_or(check::not_f32(NAME, wd))?;
@@ -300,17 +401,27 @@ impl Op for QMatVec {
         let mut yt = vec![0f32; n * m];
         yt.par_chunks_mut(m)
             .zip(w.par_chunks(row_bytes))
+            .enumerate()
             .try_for_each_init(
                 || vec![0f32; k],
-                |row, (ys, wb)| {
+                |row, (ni, (ys, wb))| {
                     quant::dequantize(wd, wb, row).map_err(|_| check::not_f32(NAME, wd))?;
                     for (mi, y) in ys.iter_mut().enumerate() {
                         let xr = &xp[mi * k..][..k];
-                        let s: f64 = xr
+                        let mut s: f64 = xr
                             .iter()
                             .zip(row.iter())
                             .map(|(&a, &b)| f64::from(a) * f64::from(b))
                             .sum();
+                        if let Some(lb) = &lb {
+                            let b = &lb[ni * rank..][..rank];
+                            let su = &us[mi * rank..][..rank];
+                            s += b
+                                .iter()
+                                .zip(su)
+                                .map(|(&b, &v)| f64::from(b) * v)
+                                .sum::<f64>();
+                        }
                         *y = s as f32;
                     }
                     Ok::<(), OpError>(())
@@ -371,6 +482,7 @@ impl Op for QMatVec {
             s2: off(2),
             s3: off(3),
             eps,
+            rank: d.rank as u32,
         };
         let norm = matches!(self.prologue, Prologue::Norm { .. });
         let mut bindings = String::new();
@@ -390,6 +502,13 @@ impl Op for QMatVec {
             bindings += &format!("@group(0) @binding({b}) var<storage, read> res: array<f32>;\n");
             b += 1;
         }
+        if self.lora {
+            for name in ["lu", "ls", "lb"] {
+                bindings +=
+                    &format!("@group(0) @binding({b}) var<storage, read> {name}: array<f32>;\n");
+                b += 1;
+            }
+        }
         bindings += &format!("@group(0) @binding({b}) var<storage, read_write> y: array<f32>;\n");
         let helpers = HELPERS.split("// @decoder ").next().unwrap_or_default();
         let mut parts = DECODERS.split("// @decoder ");
@@ -407,7 +526,7 @@ impl Op for QMatVec {
             REDUCE_WORKGROUP
         };
         let decode = format!("dq_{}", wd.name());
-        let (setup, loops, accs) = unrolled(rows, mr, norm, &decode, unroll, wg);
+        let (setup, loops, accs) = unrolled(rows, mr, norm, self.lora, &decode, unroll, wg);
         let source = fill(
             WGSL,
             &[
@@ -460,8 +579,9 @@ impl Op for QMatVec {
         };
         Ok(GpuKernel {
             key: format!(
-                "qmatvec.{wd}{pro}{}.wg{wg}.r{rows}.u{unroll}.mr{mr}.{}",
+                "qmatvec.{wd}{pro}{}{}.wg{wg}.r{rows}.u{unroll}.mr{mr}.{}",
                 if self.residual { ".res" } else { "" },
+                if self.lora { ".lora" } else { "" },
                 if sg { "sg" } else { "wg" }
             ),
             source: source.into(),
@@ -510,17 +630,68 @@ pub fn cases() -> Vec<OpCase> {
             let op = QMatVec {
                 prologue,
                 residual,
+                lora: false,
                 allow_subgroups: i % 3 != 2,
                 shape: None,
             };
             cases.push(OpCase::new(op, inputs, tolerance(k, prologue)));
         }
     }
+    cases.extend(lora_cases());
+    cases
+}
+
+/// The LoRA epilogue over a few weight types, each prologue, with and
+/// without the residual; M = 1, 3, 8 (one as [2, 4]), and 11 for a second
+/// workgroup of x rows; R = 4, 16, 20, and 136 for ranks past WG; N past
+/// the row-grouping threshold. About a third of the scales are 0: an
+/// adapter off for that row.
+fn lora_cases() -> Vec<OpCase> {
+    type LoraCase = (&'static [usize], usize, usize, Prologue, bool, usize);
+    let f = |s: &[usize]| TensorDesc::f32(s);
+    let mut cases = Vec::new();
+    for wd in [DType::Q4_1, DType::Q8_0, DType::F32, DType::Q4K] {
+        let (k1, k2) = if wd.block_size() == 256 {
+            (256, 1536)
+        } else {
+            (64, 576)
+        };
+        // (x's dims but K, K, N, prologue, residual, R)
+        let shapes: [LoraCase; 7] = [
+            (&[1], k1, 5, Prologue::None, false, 4),
+            (&[3], k2, 2100, Prologue::Norm { eps: 1e-5 }, true, 16),
+            (&[8], k1, 33, Prologue::SwiGlu, false, 20),
+            (&[1], k2, 49, Prologue::SwiGlu, true, 20),
+            (&[3], k1, 1030, Prologue::None, true, 4),
+            (&[2, 4], k2, 4100, Prologue::Norm { eps: 1e-6 }, false, 16),
+            (&[11], k1, 70, Prologue::SwiGlu, true, 136),
+        ];
+        for (i, (lead, k, n, prologue, residual, rank)) in shapes.into_iter().enumerate() {
+            let shape = |last: usize| [lead, &[last]].concat();
+            let mut inputs = vec![f(&shape(k)), TensorDesc::new(wd, [n, k])];
+            match prologue {
+                Prologue::Norm { .. } => inputs.push(f(&[k])),
+                Prologue::SwiGlu => inputs.push(f(&shape(k))),
+                Prologue::None => {}
+            }
+            if residual {
+                inputs.push(f(&shape(n)));
+            }
+            let ls = inputs.len() + 1;
+            inputs.extend([f(&shape(rank)), f(&shape(rank)), f(&[n, rank])]);
+            let op = QMatVec {
+                allow_subgroups: i % 3 != 2,
+                ..QMatVec::new(prologue, residual).with_lora()
+            };
+            let tol = tolerance(k + rank, prologue);
+            cases.push(OpCase::new(op, inputs, tol).zeros(ls, 0.35));
+        }
+    }
     cases
 }
 
 /// As qmatmul's: 8 eps * K covers f32 accumulation in any order for
-/// magnitudes <= 1. The norm scales x by up to ~sqrt(3) (uniform inputs
+/// magnitudes <= 1 (LoRA cases pass K + R: R more such terms). The norm scales x by up to ~sqrt(3) (uniform inputs
 /// have mean square 1/3), so its budget is wider.
 fn tolerance(k: usize, prologue: Prologue) -> Tolerance {
     let scale = if matches!(prologue, Prologue::Norm { .. }) {
@@ -532,33 +703,4 @@ fn tolerance(k: usize, prologue: Prologue) -> Tolerance {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checks_shapes_of_every_input() {
-        let f = |s: &[usize]| TensorDesc::f32(s);
-        let q = |n, k| TensorDesc::new(DType::Q4_0, [n, k]);
-        let plain = QMatVec::new(Prologue::None, false);
-        assert_eq!(
-            plain.output(&[f(&[2, 64]), q(5, 64)]).unwrap().shape,
-            [2, 5]
-        );
-        assert!(plain.output(&[f(&[2, 48]), q(5, 48)]).is_err());
-        let swiglu = QMatVec::new(Prologue::SwiGlu, true);
-        let up = f(&[1, 64]);
-        assert!(swiglu
-            .output(&[f(&[1, 64]), q(5, 64), up.clone(), f(&[1, 5])])
-            .is_ok());
-        assert!(swiglu
-            .output(&[f(&[1, 64]), q(5, 64), f(&[2, 64]), f(&[1, 5])])
-            .is_err());
-        assert!(swiglu
-            .output(&[f(&[1, 64]), q(5, 64), up, f(&[1, 6])])
-            .is_err());
-        let norm = QMatVec::new(Prologue::Norm { eps: 1e-5 }, false);
-        assert!(norm.output(&[f(&[1, 64]), q(5, 64), f(&[64])]).is_ok());
-        assert!(norm.output(&[f(&[1, 64]), q(5, 64), f(&[32])]).is_err());
-        assert!(norm.output(&[f(&[1, 64]), q(5, 64)]).is_err());
-    }
-}
+mod tests;

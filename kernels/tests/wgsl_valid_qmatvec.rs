@@ -1,5 +1,5 @@
 //! Every variant of the fused decode matvec (qmatvec: each weight dtype,
-//! prologue, residual, reduction and row grouping) must parse, validate
+//! prologue, residual, LoRA, reduction and row grouping) must parse, validate
 //! with naga against exactly the capabilities of the device it was
 //! specialised for, and compile to SPIR-V. No GPU needed.
 
@@ -28,11 +28,14 @@ fn every_qmatvec_variant_validates() {
             // n = 5 groups one row per workgroup, 8192 eight (four at m = 8).
             for (m, n) in [(1, 5), (1, 8192), (8, 8192)] {
                 for prologue in prologues {
-                    for residual in [false, true] {
+                    for (residual, lora) in
+                        [(false, false), (true, false), (false, true), (true, true)]
+                    {
                         for allow_subgroups in [true, false] {
                             let op = QMatVec {
                                 prologue,
                                 residual,
+                                lora,
                                 allow_subgroups,
                                 shape: None,
                             };
@@ -45,6 +48,12 @@ fn every_qmatvec_variant_validates() {
                             }
                             if residual {
                                 inputs.push(TensorDesc::f32([m, n]));
+                            }
+                            if lora {
+                                let r = 20;
+                                inputs.push(TensorDesc::f32([m, r]));
+                                inputs.push(TensorDesc::f32([m, r]));
+                                inputs.push(TensorDesc::f32([n, r]));
                             }
                             let out = op.output(&inputs).expect("valid shapes");
                             let kernel = op

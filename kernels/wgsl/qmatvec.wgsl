@@ -1,5 +1,6 @@
 // Quantized matrix-vector product for decode, with fused prologues and
-// epilogue: y[m, n] = sum_k x'[m, k] * W[n, k] (+ r[m, n]), W [N, K]
+// epilogues: y[m, n] = sum_k x'[m, k] * W[n, k]
+// (+ sum_j lb[n, j] * lu[m, j] * ls[m, j]) (+ r[m, n]), W [N, K]
 // quantized (layout.rs), f32 everywhere else, f32 accumulation, where x' is
 //   x                                   plain,
 //   x * g * 1 / sqrt(mean(x^2) + eps)   NORM (g: the norm weight, [K]),
@@ -10,9 +11,11 @@
 // invocations stride the row in quads (4 consecutive values), so
 // neighbouring invocations read neighbouring 16 bytes of x and neighbouring
 // words of W: every load is coalesced. Each quad of x is loaded once and
-// used for all ROWS weight rows. SETUP, BODY, ACCS and STORE are generated
-// by qmatvec.rs for the variant. The ROWS * MR partial sums are reduced
-// across the workgroup at the end (subgroups where the device has them).
+// used for all ROWS weight rows. SETUP, LOOPS, ACCS and STORE are generated
+// by qmatvec.rs for the variant. The LoRA term (LoRA variants: lu, ls
+// [M, R], lb [N, R], R = p.rank) is added to the same partial sums, rank j
+// by invocation j % WG. The ROWS * MR partial sums are reduced across the
+// workgroup at the end (subgroups where the device has them).
 
 struct Params {
     m: u32,      // rows of x (every batch)
@@ -24,6 +27,7 @@ struct Params {
     s2: u32,
     s3: u32,
     eps: f32,    // NORM
+    rank: u32,   // LoRA rank R (0 without LoRA)
 }
 
 const WG: u32 = {{WG}};

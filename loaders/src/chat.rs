@@ -222,7 +222,8 @@ impl ChatTemplate {
         for (index, m) in messages.iter().enumerate() {
             let content = m.content.as_str();
             if content.is_empty()
-                || tokenizer.encode(content, opts(true))? == tokenizer.encode(content, opts(false))?
+                || tokenizer.encode(content, opts(true))?
+                    == tokenizer.encode(content, opts(false))?
             {
                 continue;
             }
