@@ -199,7 +199,7 @@ fn decode_benches() -> Vec<Bench> {
 }
 
 /// Prefill flash attention at llama-7b's shape: T = 512 queries from an
-/// empty cache (pos 0, ctx 512), 32 heads of 128 on 32 (MHA) or 8 (GQA) kv
+/// empty cache (seq (0, 0), ctx 512), 32 heads of 128 on 32 (MHA) or 8 (GQA) kv
 /// heads, F32 cache (the model's), and F16. Causal: q·k and p·v over the
 /// T·(T+1)/2 visible pairs, ≈ 2·2·T·(T/2)·hd·heads FLOPs (2.1 GFLOP; the
 /// full T² count is twice that). Default tile on each, and each other
@@ -216,7 +216,7 @@ fn flash_benches() -> Vec<Bench> {
                 f32d(&[t, heads, hd]),
                 c.clone(),
                 c,
-                TensorDesc::new(DType::I32, [1]),
+                TensorDesc::new(DType::I32, [1, 2]),
             ],
             work: Work::Flops(2.0 * 2.0 * (t * t / 2 * hd * heads) as f64, H200_F32_FLOPS),
         }
@@ -358,7 +358,8 @@ fn random(rng: &mut StdRng, desc: &TensorDesc) -> CpuTensor {
     let n = desc.numel().unwrap_or(0);
     let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     let t = match desc.dtype {
-        // Positions (flash attention's pos): 0, a prompt from an empty cache.
+        // Flash attention's seq (start, row): (0, 0), a prompt from an empty
+        // cache.
         DType::I32 => CpuTensor::from_bytes(desc.clone(), vec![0; 4 * n]),
         DType::F16 => CpuTensor::from_f32_as_f16(desc.shape.clone(), &values),
         DType::F32 => CpuTensor::from_f32(desc.shape.clone(), values),

@@ -20,12 +20,14 @@ pub use kiln_kernels as kernels;
 pub use kiln_loaders as loaders;
 pub use kiln_models as models;
 
-pub use generate::{FinishReason, GenerateOptions, GenerationStats, Generator, StreamToken};
+pub use generate::{
+    FinishReason, GenerateOptions, GenerationStats, Generator, Sequence, StreamToken,
+};
 pub use kiln_engine::{Device, EngineError, Executor, Graph, Plan};
 pub use kiln_kernels::{CpuTensor, DType, TensorDesc};
-pub use model::{Error, LanguageModel, Model, ModelOptions};
+pub use model::{BatchRow, Error, LanguageModel, Model, ModelOptions, MAX_BATCH};
 pub use perplexity::{
     perplexity, ChunkScore, Perplexity, PerplexityError, PerplexityOptions, ScoringModel,
 };
-pub use sampler::{Sampled, Sampler, SamplerConfig, SamplerError};
+pub use sampler::{top_logprobs, Sampled, Sampler, SamplerConfig, SamplerError};
 pub use stop::{StopMatcher, StopOutput};

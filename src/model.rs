@@ -61,6 +61,8 @@ pub enum Error {
     BadOutput { got: usize, expected: usize },
     #[error("could not start the generation thread: {0}")]
     Worker(String),
+    #[error("bad batch: {0}")]
+    BadBatch(String),
 }
 
 impl From<LoadError> for Error {
@@ -92,7 +94,23 @@ pub struct ModelOptions {
     /// the weights rounded to f16 in those products (logits move by ~1e-3;
     /// llama.cpp rounds x to 8 bits). Off: f32 everywhere.
     pub f16_prefill: bool,
+    /// Sequences the KV cache holds at once, each in its own slot of
+    /// `ctx` positions (continuous batching: [`Model::decode_batch`]);
+    /// 0 means 1. The cache takes `slots` times the memory.
+    pub slots: usize,
 }
+
+/// One sequence's row in a batched decode step: the token to run, in the
+/// sequence whose cache is `slot`, at position `pos` of that sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRow {
+    pub slot: usize,
+    pub token: u32,
+    pub pos: usize,
+}
+
+/// Most rows one [`Model::decode_batch`] step runs.
+pub const MAX_BATCH: usize = 256;
 
 /// The context when none is asked for: enough for chat, small enough that
 /// the cache of a large model still fits a laptop GPU.
@@ -115,10 +133,21 @@ pub struct Model {
     weights: LlamaWeights,
     caches: Caches,
     executor: Box<dyn Executor>,
-    plans: HashMap<(usize, LogitsMode, bool), Compiled>,
+    plans: HashMap<PlanKey, Compiled>,
     tokenizer: Arc<Tokenizer>,
     chat: Result<ChatTemplate, String>,
     f16_prefill: bool,
+}
+
+/// What a compiled forward is for: its token count, which logits it
+/// returns, whether attention is split over key chunks, and whether its
+/// rows are independent sequences (a batched decode step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    n: usize,
+    mode: LogitsMode,
+    split: bool,
+    batched: bool,
 }
 
 struct Compiled {
@@ -236,7 +265,8 @@ impl Model {
             });
         }
         let weights = source.weights(&config, device).map_err(in_file)?;
-        let caches = Caches::new(&config, ctx, device).map_err(|e| in_file(e.into()))?;
+        let slots = options.slots.max(1);
+        let caches = Caches::new(&config, ctx, slots, device).map_err(|e| in_file(e.into()))?;
         let chat = ChatTemplate::for_tokenizer(&tokenizer, BuiltinTemplate::ChatMl)
             .map_err(|e| e.to_string());
         Ok(Model {
@@ -269,6 +299,14 @@ impl Model {
         self.executor.device_name()
     }
 
+    /// The model's chat template (ChatML when it ships none), or why it
+    /// cannot be used.
+    pub fn chat_template(&self) -> Result<&ChatTemplate, Error> {
+        self.chat
+            .as_ref()
+            .map_err(|e| Error::NoChatTemplate(e.clone()))
+    }
+
     /// Renders chat messages with the model's template (ChatML when it has
     /// none), ending with the assistant's turn when `add_generation_prompt`.
     pub fn render_chat(
@@ -276,30 +314,75 @@ impl Model {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, Error> {
-        let template = self
-            .chat
-            .as_ref()
-            .map_err(|e| Error::NoChatTemplate(e.clone()))?;
-        Ok(template.render(messages, add_generation_prompt)?)
+        Ok(self
+            .chat_template()?
+            .render(messages, add_generation_prompt)?)
     }
 
     /// Last-position logits after running `tokens` at positions `pos..`.
     /// The cache keeps their keys and values, so the next call continues
-    /// from `pos + tokens.len()`.
+    /// from `pos + tokens.len()`. The sequence is the one in slot 0.
     pub fn logits(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
-        self.run(tokens, pos, LogitsMode::Last)
+        self.run(0, tokens, pos, LogitsMode::Last)
+    }
+
+    /// [`Model::logits`] for the sequence in cache slot `slot`.
+    pub fn logits_in(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<Vec<f32>, Error> {
+        self.run(slot, tokens, pos, LogitsMode::Last)
     }
 
     /// Logits for every position, `tokens.len() * vocab_size` values, row
     /// by row (perplexity).
     pub fn logits_all(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
-        self.run(tokens, pos, LogitsMode::All)
+        self.run(0, tokens, pos, LogitsMode::All)
+    }
+
+    /// Sequences the cache holds at once ([`ModelOptions::slots`]).
+    pub fn slots(&self) -> usize {
+        self.caches.slots
+    }
+
+    /// One decode step for several sequences at once: each row runs its
+    /// token in its own slot at its own position, all through one forward
+    /// (the products batched, attention per row over its own slot).
+    /// Returns `rows.len() * vocab_size` logits, row by row. Each slot may
+    /// appear once.
+    pub fn decode_batch(&mut self, rows: &[BatchRow]) -> Result<Vec<f32>, Error> {
+        self.check_batch(rows)?;
+        // Batches run padded to a few sizes, so a handful of plans serve
+        // every batch; padding rows write nothing and see no key.
+        let n = batch_size(rows.len());
+        let split = rows.iter().any(|r| r.pos + 1 > SPLIT_CHUNK);
+        let key = PlanKey {
+            n,
+            mode: LogitsMode::All,
+            split,
+            batched: true,
+        };
+        let ctx = self.caches.ctx;
+        let padded: Vec<_> = rows
+            .iter()
+            .map(|r| Some((r.slot * ctx, r.token, r.pos)))
+            .chain(std::iter::repeat(None))
+            .take(n)
+            .collect();
+        let inputs = ForwardInputs::batch(&padded)?;
+        let compiled = self.compiled(key)?;
+        let out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
+        let mut logits = read_logits(out, n * self.vocab_size())?;
+        logits.truncate(rows.len() * self.vocab_size());
+        Ok(logits)
     }
 
     /// Device time of every dispatch of one forward over `tokens` at
     /// `pos` (last-position logits), in graph order (GPU only).
     pub fn profile(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<OpTime>, Error> {
-        let (compiled, inputs) = self.prepare(tokens, pos, LogitsMode::Last)?;
+        let (compiled, inputs) = self.prepare(0, tokens, pos, LogitsMode::Last)?;
         Ok(compiled.plan.profile(&compiled.graph.feeds(&inputs))?)
     }
 
@@ -313,68 +396,77 @@ impl Model {
         pos: usize,
         iters: u32,
     ) -> Result<kiln_engine::Timing, Error> {
-        let (compiled, inputs) = self.prepare(tokens, pos, LogitsMode::Last)?;
+        let (compiled, inputs) = self.prepare(0, tokens, pos, LogitsMode::Last)?;
         Ok(compiled.plan.time(&compiled.graph.feeds(&inputs), iters)?)
     }
 
-    /// A forward over `tokens` at `pos`, checked: its plan and its inputs.
+    /// A forward over `tokens` at `pos` in `slot`, checked: its plan and
+    /// its inputs.
     fn prepare(
         &mut self,
+        slot: usize,
         tokens: &[u32],
         pos: usize,
         mode: LogitsMode,
     ) -> Result<(&mut Compiled, ForwardInputs), Error> {
-        self.check(tokens, pos)?;
-        let inputs = ForwardInputs::new(tokens, pos)?;
-        Ok((self.compiled(tokens.len(), pos, mode)?, inputs))
+        self.check(slot, tokens, pos)?;
+        let start = slot * self.caches.ctx;
+        let inputs = ForwardInputs::new(tokens, start, pos)?;
+        // Steps that reach past one chunk of keys use the split attention,
+        // which stays parallel at any length; shorter ones the one-pass
+        // kernel.
+        let key = PlanKey {
+            n: tokens.len(),
+            mode,
+            split: pos + tokens.len() > SPLIT_CHUNK,
+            batched: false,
+        };
+        Ok((self.compiled(key)?, inputs))
     }
 
-    /// The plan for `n` tokens at `pos`, compiled on first use. Steps that
-    /// reach past one chunk of keys use the split attention, which stays
-    /// parallel at any length; shorter ones the one-pass kernel.
-    fn compiled(&mut self, n: usize, pos: usize, mode: LogitsMode) -> Result<&mut Compiled, Error> {
-        let split = pos + n > SPLIT_CHUNK;
-        let key = (n, mode, split);
+    /// The plan for `key`, compiled on first use.
+    fn compiled(&mut self, key: PlanKey) -> Result<&mut Compiled, Error> {
         if !self.plans.contains_key(&key) {
             let (c, w, k) = (&self.config, &self.weights, &self.caches);
             let options = GraphOptions {
-                split_attention: split,
+                split_attention: key.split,
                 f16_prefill: self.f16_prefill,
+                batched: key.batched,
             };
-            let graph = ForwardGraph::build_with(c, w, k, n, mode, options)?;
+            let graph = ForwardGraph::build_with(c, w, k, key.n, key.mode, options)?;
             let plan = self.executor.compile(&graph.graph)?;
             self.plans.insert(key, Compiled { graph, plan });
         }
         self.plans.get_mut(&key).ok_or(Error::Empty)
     }
 
-    fn run(&mut self, tokens: &[u32], pos: usize, mode: LogitsMode) -> Result<Vec<f32>, Error> {
-        let (compiled, inputs) = self.prepare(tokens, pos, mode)?;
-        let mut out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
+    fn run(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        pos: usize,
+        mode: LogitsMode,
+    ) -> Result<Vec<f32>, Error> {
+        let (compiled, inputs) = self.prepare(slot, tokens, pos, mode)?;
+        let out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
         let rows = if mode == LogitsMode::Last {
             1
         } else {
             tokens.len()
         };
-        let expected = rows * self.vocab_size();
-        let logits = out
-            .pop()
-            .map(|t| t.to_f32().map(|v| v.into_owned()))
-            .transpose()
-            .map_err(EngineError::from)?;
-        match logits {
-            Some(v) if v.len() == expected => Ok(v),
-            other => Err(Error::BadOutput {
-                got: other.map_or(0, |v| v.len()),
-                expected,
-            }),
-        }
+        read_logits(out, rows * self.vocab_size())
     }
 
-    /// Ids in the vocabulary and positions within the cache.
-    fn check(&self, tokens: &[u32], pos: usize) -> Result<(), Error> {
+    /// Ids in the vocabulary, an existing slot and positions within it.
+    fn check(&self, slot: usize, tokens: &[u32], pos: usize) -> Result<(), Error> {
         if tokens.is_empty() {
             return Err(Error::Empty);
+        }
+        if slot >= self.caches.slots {
+            return Err(Error::BadBatch(format!(
+                "slot {slot} does not exist: the cache has {} slot(s)",
+                self.caches.slots
+            )));
         }
         let vocab = self.vocab_size();
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
@@ -389,6 +481,57 @@ impl Model {
             });
         }
         Ok(())
+    }
+
+    /// Every row as [`Model::check`] wants it, at most [`MAX_BATCH`] rows,
+    /// and no slot twice (two rows would write the same cache row).
+    fn check_batch(&self, rows: &[BatchRow]) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Err(Error::Empty);
+        }
+        if rows.len() > MAX_BATCH {
+            return Err(Error::BadBatch(format!(
+                "{} rows; at most {MAX_BATCH} run in one step",
+                rows.len()
+            )));
+        }
+        let mut seen = vec![false; self.caches.slots];
+        for r in rows {
+            self.check(r.slot, &[r.token], r.pos)?;
+            if std::mem::replace(&mut seen[r.slot], true) {
+                return Err(Error::BadBatch(format!(
+                    "slot {} appears twice in one step",
+                    r.slot
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The padded size a batch of `n` rows runs at: a power of two up to 64,
+/// then multiples of 64.
+fn batch_size(n: usize) -> usize {
+    if n <= 64 {
+        n.next_power_of_two()
+    } else {
+        n.div_ceil(64) * 64
+    }
+}
+
+/// The logits a plan returned, `expected` values.
+fn read_logits(mut out: Vec<kiln_kernels::CpuTensor>, expected: usize) -> Result<Vec<f32>, Error> {
+    let logits = out
+        .pop()
+        .map(|t| t.to_f32().map(|v| v.into_owned()))
+        .transpose()
+        .map_err(EngineError::from)?;
+    match logits {
+        Some(v) if v.len() == expected => Ok(v),
+        other => Err(Error::BadOutput {
+            got: other.map_or(0, |v| v.len()),
+            expected,
+        }),
     }
 }
 

@@ -9,7 +9,7 @@ use kiln_engine::testing::devices;
 use kiln_engine::{CpuTensor, DType, Device, DeviceTensor, Graph, TensorDesc, TensorId};
 use kiln_kernels::attention::{Attention, AttnConfig};
 use kiln_kernels::flash_attn::FlashAttention;
-use kiln_kernels::kv_append::KvAppend;
+use kiln_kernels::kv_append::{seq_tensor, KvAppend};
 use kiln_kernels::Op;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,12 +25,9 @@ fn random(rng: &mut StdRng, shape: [usize; 3]) -> CpuTensor {
         .expect("valid")
 }
 
-fn pos(p: usize) -> CpuTensor {
-    CpuTensor::from_bytes(
-        TensorDesc::new(DType::I32, [1]),
-        (p as i32).to_le_bytes().to_vec(),
-    )
-    .expect("valid")
+/// The seq input of one sequence from row 0, its queries from row `p`.
+fn seq(p: usize) -> CpuTensor {
+    seq_tensor(&[(0, p as i32)]).expect("valid")
 }
 
 /// Naive attention of `q` [T, N_HEAD, HD] at positions pos.. over all rows
@@ -72,8 +69,8 @@ fn naive(q: &[f32], ks: &[Vec<f32>], vs: &[Vec<f32>], pos: usize, cfg: AttnConfi
     out
 }
 
-/// append k, v at pos; out = attention(q, caches, pos). Returns the graph
-/// and its inputs q, k, v, pos.
+/// append k, v at seq's rows; out = attention(q, caches, seq). Returns the
+/// graph and its inputs q, k, v, seq.
 fn step_graph(
     t: usize,
     attn: impl Op + 'static,
@@ -85,7 +82,7 @@ fn step_graph(
     let q = g.input("q", TensorDesc::f32([t, N_HEAD, HD]));
     let k = g.input("k", TensorDesc::f32([t, N_KV, HD]));
     let v = g.input("v", TensorDesc::f32([t, N_KV, HD]));
-    let p = g.input("pos", TensorDesc::new(DType::I32, [1]));
+    let p = g.input("seq", TensorDesc::new(DType::I32, [1, 2]));
     let kc = g.resident("cache.k", kc);
     let vc = g.resident("cache.v", vc);
     let kc = g
@@ -143,7 +140,7 @@ fn prefill_then_decode(device: &Device, cfg: AttnConfig, cache: DType) {
         };
         ks.extend(rows(&k));
         vs.extend(rows(&v));
-        let p = pos(at);
+        let p = seq(at);
         let (plan, id) = if t == 17 {
             (&mut prefill, &pre_ids)
         } else {
@@ -191,7 +188,7 @@ fn decode_and_flash_attention_agree_for_one_query() {
                 g.input("q", q.desc().clone()),
                 g.input("k", k.desc().clone()),
                 g.input("v", v.desc().clone()),
-                g.input("pos", TensorDesc::new(DType::I32, [1])),
+                g.input("seq", TensorDesc::new(DType::I32, [1, 2])),
             ];
             let a = g.op("decode", Attention::new(cfg), &ids).expect("shapes");
             let b = g
@@ -201,7 +198,7 @@ fn decode_and_flash_attention_agree_for_one_query() {
             g.output(b);
             let mut plan = device.executor().compile(&g).expect("compiles");
             for p in [0, 5, 250, 299] {
-                let p = pos(p);
+                let p = seq(p);
                 let out = plan
                     .run(&[(ids[0], &q), (ids[1], &k), (ids[2], &v), (ids[3], &p)])
                     .expect("runs");

@@ -28,9 +28,11 @@ fn seed() -> u64 {
 fn random_input(rng: &mut StdRng, i: usize, desc: &TensorDesc, case: &OpCase) -> CpuTensor {
     let n = desc.numel().expect("case shapes are small");
     if desc.dtype == DType::I32 {
-        let (lo, hi) = case.ints;
         let bytes = (0..n)
-            .flat_map(|_| rng.random_range(lo..hi).to_le_bytes())
+            .flat_map(|i| {
+                let (lo, hi) = case.ints[i % case.ints.len()];
+                rng.random_range(lo..hi).to_le_bytes()
+            })
             .collect();
         return CpuTensor::from_bytes(desc.clone(), bytes).expect("shape matches");
     }

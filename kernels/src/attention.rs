@@ -3,18 +3,22 @@
 //! checks and the naive CPU reference both are tested against.
 //!
 //! Inputs: q `[T, n_head, head_dim]` F32, the caches k and v
-//! `[ctx, n_kv, head_dim]` F32, and pos I32 `[1]`. Query `t` sits at position
-//! `pos + t` and sees key `j` iff `j <= pos + t` (causal) and, with a sliding
-//! window `w > 0` (Mistral), `pos + t - j < w`. Head `h` reads kv head
+//! `[ctx, n_kv, head_dim]` F32 or F16, and seq I32 `[1, 2]` or `[T, 2]` of
+//! `(start, row)` pairs ([`crate::kv_append`]). Query `t` sits at cache row
+//! `r_t` (`row + t` for one pair, `row_t` for a pair per query: batched
+//! decode, each query its own sequence) and sees key `j` iff
+//! `start_t <= j <= r_t` (its sequence, causal), `0 <= j < ctx` and, with a
+//! sliding window `w > 0` (Mistral), `r_t - j < w`. Head `h` reads kv head
 //! `h / (n_head / n_kv)` (grouped-query attention). Output
-//! `[T, n_head, head_dim]`; a query that sees no key (pos + t < 0) gets zeros.
+//! `[T, n_head, head_dim]`; a query that sees no key (`r_t < start_t` or
+//! `r_t < 0`) gets zeros.
 
 use rayon::prelude::*;
 
 use crate::cases::{OpCase, Tolerance};
 use crate::check;
 use crate::dtype::DType;
-use crate::kv_append::{check_pos, read_pos};
+use crate::kv_append::{check_seq, read_seq};
 use crate::op::{grid, params_bytes, Caps, GpuKernel, Op, OpError};
 use crate::template::{fill, u};
 use crate::tensor::{CpuTensor, TensorDesc};
@@ -25,7 +29,7 @@ const REDUCE_WORKGROUP: &str = include_str!("../wgsl/reduce_workgroup.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../wgsl/reduce_subgroup.wgsl");
 
 /// The end of attention.wgsl unsplit: the normalised output (zeros where
-/// no key is visible, a position before 0, like the reference).
+/// no key is visible, like the reference).
 const FINISH: &str = "out[item * HD + lid] = select(0.0, o / l, l > 0.0);";
 
 /// Invocations per (query, head): one key each per block, and up to
@@ -65,6 +69,8 @@ pub(crate) struct Dims {
     pub ctx: usize,
     /// F32 or F16 caches.
     pub kv_dtype: DType,
+    /// seq has a `(start, row)` pair per query (R = T > 1), not one for all.
+    pub per_query: bool,
 }
 
 /// The `{{IO}}` hole of both attention kernels (`attn_io.wgsl`: params,
@@ -84,14 +90,13 @@ pub(crate) fn io_hole(dtype: DType) -> ((&'static str, String), &'static str) {
     (("IO", io), key)
 }
 
-/// Checks q, k, v, pos and returns their sizes.
+/// Checks q, k, v, seq and returns their sizes.
 pub(crate) fn check_inputs(op: &'static str, inputs: &[TensorDesc]) -> Result<Dims, OpError> {
     check::arity(op, inputs, 4)?;
-    let (q, k, v, pos) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
+    let (q, k, v, seq) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
     check::dtype(op, q, &[DType::F32], "queries")?;
     check::dtype(op, k, &[DType::F32, DType::F16], "the key cache")?;
     check::dtype(op, v, &[k.dtype], "the value cache (the key cache's dtype)")?;
-    check_pos(op, inputs, pos)?;
     let err = |why: &str| check::shape_err(op, inputs, why);
     let (&[n_q, n_head, head_dim], &[ctx, n_kv, kd]) = (q.shape.as_slice(), k.shape.as_slice())
     else {
@@ -112,6 +117,7 @@ pub(crate) fn check_inputs(op: &'static str, inputs: &[TensorDesc]) -> Result<Di
     if n_q == 0 || n_kv == 0 || n_head % n_kv != 0 {
         return Err(err("need T > 0 and n_head a multiple of n_kv > 0"));
     }
+    let per_query = check_seq(op, inputs, seq, n_q)?;
     for d in [q, k] {
         check::numel_u32(op, inputs, d)?;
     }
@@ -122,20 +128,21 @@ pub(crate) fn check_inputs(op: &'static str, inputs: &[TensorDesc]) -> Result<Di
         head_dim,
         ctx,
         kv_dtype: k.dtype,
+        per_query,
     })
 }
 
-/// The keys query position `pq` sees: `lo..hi`.
-pub(crate) fn visible(pq: i32, ctx: usize, window: u32) -> std::ops::Range<usize> {
-    let Ok(pq) = usize::try_from(pq) else {
+/// The keys a query at cache row `row` whose sequence starts at `start`
+/// sees: `lo..hi` (empty for a negative row; a negative start is no bound).
+pub(crate) fn visible(row: i32, start: i32, ctx: usize, window: u32) -> std::ops::Range<usize> {
+    let Ok(row) = usize::try_from(row) else {
         return 0..0;
     };
-    let hi = (pq + 1).min(ctx);
-    let lo = if window > 0 {
-        (pq + 1).saturating_sub(window as usize)
-    } else {
-        0
-    };
+    let hi = (row + 1).min(ctx);
+    let mut lo = usize::try_from(start).unwrap_or(0);
+    if window > 0 {
+        lo = lo.max((row + 1).saturating_sub(window as usize));
+    }
     lo..hi.max(lo)
 }
 
@@ -153,17 +160,18 @@ pub(crate) fn naive(
             .map_err(|_| check::not_f32(op, inputs[i].dtype()))
     };
     let (q, k, v) = (f32_of(0)?, f32_of(1)?, f32_of(2)?);
-    let pos = read_pos(op, inputs[3])?;
     let d = check_inputs(
         op,
         &[inputs[0], inputs[1], inputs[2], inputs[3]].map(|t| t.desc().clone()),
     )?;
+    let seq = read_seq(op, inputs[3], d.n_q)?;
     let (hd, group) = (d.head_dim, d.n_head / d.n_kv);
     let o = out.as_f32_mut().ok_or(check::not_f32(op, DType::F32))?;
     o.par_chunks_mut(hd).enumerate().for_each(|(item, o)| {
         let (t, h) = (item / d.n_head, item % d.n_head);
         let qv = &q[item * hd..(item + 1) * hd];
-        let keys = visible(pos.wrapping_add(t as i32), d.ctx, cfg.window);
+        let (r, start) = seq.range(t);
+        let keys = visible(r, start, d.ctx, cfg.window);
         // Row j of kv head h / group in a [ctx, n_kv, hd] cache.
         let row = |j: usize| (j * d.n_kv + h / group) * hd..(j * d.n_kv + h / group + 1) * hd;
         let (acc, _, sum) = softmax_sum(qv, &k, &v, keys, row, cfg.scale);
@@ -240,7 +248,8 @@ pub(crate) struct Params {
     pub group: u32,
     pub window: u32,
     pub scale: f32,
-    pub _pad: u32,
+    /// 1: seq has a `(start, row)` pair per query; 0: one for all.
+    pub per_query: u32,
 }
 
 impl Params {
@@ -259,7 +268,7 @@ impl Params {
             group: u(d.n_head / d.n_kv)?,
             window: cfg.window,
             scale: cfg.scale,
-            _pad: 0,
+            per_query: u32::from(d.per_query),
         })
     }
 }
@@ -329,28 +338,63 @@ impl Op for Attention {
     }
 }
 
-/// One case: q `[t, h, hd]`, caches `[ctx, kv, hd]` in `cache` dtype, pos in
-/// `0..=ctx - t`.
-pub(crate) fn case(
-    op: impl Op + 'static,
+/// The inputs of one case: q `[t, h, hd]`, caches `[ctx, kv, hd]` in
+/// `cache` dtype, seq `[r, 2]`.
+pub(crate) fn inputs(
     (t, h, kv, hd, ctx): (usize, usize, usize, usize, usize),
     cache: DType,
-) -> OpCase {
+    r: usize,
+) -> Vec<TensorDesc> {
     let c = |s: [usize; 3]| TensorDesc::new(cache, s);
-    let inputs = vec![
+    vec![
         TensorDesc::f32([t, h, hd]),
         c([ctx, kv, hd]),
         c([ctx, kv, hd]),
-        TensorDesc::new(DType::I32, [1]),
+        TensorDesc::new(DType::I32, [r, 2]),
+    ]
+}
+
+/// Draws for seq (ranges of its elements, [`OpCase::int_ranges`]) over a
+/// cache of `ctx >= 4` rows. One sequence (`t` queries): a start in the
+/// first half of the rows that fit, the row anywhere they fit (mostly
+/// after the start; before it, the first queries see nothing). One per
+/// query, by turns: a sequence from about row 0 ending in the second half,
+/// one from the second quarter ending anywhere up to 2 rows past the cache,
+/// and one that sees no key (its row before its start, or negative).
+pub(crate) fn seq_ranges(t: usize, ctx: usize, per_query: bool) -> Vec<(i32, i32)> {
+    let c = ctx as i32;
+    if !per_query {
+        let room = (ctx - t) as i32;
+        return vec![(0, room / 2 + 1), (0, room + 1)];
+    }
+    let kinds = [
+        [(0, 3), (c / 2, c)],
+        [(c / 4, c / 2), (c / 2, c + 2)],
+        [(c / 2, c), (-2, c / 2)],
     ];
+    (0..t).flat_map(|i| kinds[i % 3]).collect()
+}
+
+/// One case: q `[t, h, hd]`, caches `[ctx, kv, hd]` in `cache` dtype, seq
+/// one pair or one per query, drawn by [`seq_ranges`].
+pub(crate) fn case(
+    op: impl Op + 'static,
+    shape: (usize, usize, usize, usize, usize),
+    cache: DType,
+    per_query: bool,
+) -> OpCase {
+    let (t, ctx) = (shape.0, shape.4);
+    let r = if per_query { t } else { 1 };
     // f32 accumulation over up to a few hundred keys and head_dim 128,
     // against an f64 reference; outputs are convex mixes of values in [-1, 1).
     // An F16 cache costs nothing here: the reference reads the same f16s.
-    OpCase::new(op, inputs, Tolerance::new(2e-5, 1e-4)).ints(0, (ctx - t) as i32 + 1)
+    OpCase::new(op, inputs(shape, cache, r), Tolerance::new(2e-5, 1e-4))
+        .int_ranges(seq_ranges(t, ctx, per_query))
 }
 
 /// Decode shapes: T of 1 to 17, SmolLM2's GQA (9 heads on 3), MHA, head_dim
-/// 64 and 128, contexts longer than one key block, with and without a window.
+/// 64 and 128, contexts longer than one key block, with and without a
+/// window; one sequence, and (T > 1) one per query; F16 caches.
 pub fn cases() -> Vec<OpCase> {
     let mut cases = Vec::new();
     for shape in [
@@ -363,57 +407,160 @@ pub fn cases() -> Vec<OpCase> {
         let hd = shape.3;
         for cfg in [AttnConfig::causal(hd), AttnConfig::causal(hd).window(37)] {
             for allow_subgroups in [true, false] {
-                cases.push(case(
-                    Attention {
-                        cfg,
-                        allow_subgroups,
-                    },
-                    shape,
-                    DType::F32,
-                ));
+                let op = Attention {
+                    cfg,
+                    allow_subgroups,
+                };
+                cases.push(case(op, shape, DType::F32, false));
+                // Batched decode; each reduction once.
+                if shape.0 > 1 && allow_subgroups == (cfg.window == 0) {
+                    cases.push(case(op, shape, DType::F32, true));
+                }
             }
         }
     }
-    // F16 caches, both reductions.
+    // F16 caches, both reductions, one sequence and one per query.
     for allow_subgroups in [true, false] {
         let cfg = AttnConfig::causal(64).window(37);
         let op = Attention {
             cfg,
             allow_subgroups,
         };
-        cases.push(case(op, (1, 9, 3, 64, 300), DType::F16));
+        cases.push(case(op, (1, 9, 3, 64, 300), DType::F16, false));
+        cases.push(case(op, (5, 9, 3, 64, 300), DType::F16, true));
     }
     cases
 }
 
+/// What the attention ops' unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rand::{Rng, SeedableRng};
+
+    use crate::op::Op;
+    use crate::tensor::CpuTensor;
+
+    /// Random q `[t, h, hd]` and F32 caches k, v `[ctx, kv, hd]`.
+    pub(crate) fn qkv(
+        seed: u64,
+        (t, h, kv, hd, ctx): (usize, usize, usize, usize, usize),
+    ) -> [CpuTensor; 3] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut f = |s: [usize; 3]| {
+            let n = s.iter().product();
+            CpuTensor::from_f32(s, (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap()
+        };
+        [f([t, h, hd]), f([ctx, kv, hd]), f([ctx, kv, hd])]
+    }
+
+    /// `op`'s CPU reference on `inputs`.
+    pub(crate) fn run(op: &dyn Op, inputs: &[&CpuTensor]) -> Vec<f32> {
+        let descs: Vec<_> = inputs.iter().map(|t| t.desc().clone()).collect();
+        let mut out = CpuTensor::zeros(&op.output(&descs).unwrap()).unwrap();
+        op.cpu(inputs, &mut out).unwrap();
+        out.to_f32().unwrap().to_vec()
+    }
+
+    /// Rows `rows` of a `[n, ..]` F32 tensor.
+    pub(crate) fn rows(x: &CpuTensor, rows: std::ops::Range<usize>) -> CpuTensor {
+        let shape = x.desc().shape.clone();
+        let row: usize = shape[1..].iter().product();
+        let data = x.as_f32().unwrap()[rows.start * row..rows.end * row].to_vec();
+        let mut shape = shape;
+        shape[0] = rows.len();
+        CpuTensor::from_f32(shape, data).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{qkv, rows, run};
     use super::*;
+    use crate::kv_append::seq_tensor;
 
-    #[test]
-    fn one_key_copies_its_value() {
-        // pos 0: the query sees key 0 alone, whatever the scores.
-        let q = CpuTensor::from_f32([1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
-        let k = CpuTensor::from_f32([2, 1, 2], vec![5.0, 6.0, 7.0, 8.0]).unwrap();
-        let v = CpuTensor::from_f32([2, 1, 2], vec![0.5, -0.5, 9.0, 9.0]).unwrap();
-        let pos = CpuTensor::from_bytes(
-            TensorDesc::new(DType::I32, [1]),
-            0i32.to_le_bytes().to_vec(),
-        )
-        .unwrap();
-        let mut out = CpuTensor::zeros(q.desc()).unwrap();
-        Attention::new(AttnConfig::causal(2))
-            .cpu(&[&q, &k, &v, &pos], &mut out)
-            .unwrap();
-        assert_eq!(out.as_f32().unwrap(), &[0.5, -0.5, 0.5, -0.5]);
+    fn seq(pairs: &[(i32, i32)]) -> CpuTensor {
+        seq_tensor(pairs).unwrap()
     }
 
     #[test]
-    fn window_limits_the_keys() {
-        assert_eq!(visible(5, 100, 0), 0..6);
-        assert_eq!(visible(5, 100, 2), 4..6);
-        assert_eq!(visible(5, 3, 0), 0..3);
-        assert_eq!(visible(-1, 3, 0), 0..0);
-        assert_eq!(visible(10, 3, 2), 9..9);
+    fn one_key_copies_its_value() {
+        // Row 0: the query sees key 0 alone, whatever the scores.
+        let q = CpuTensor::from_f32([1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let k = CpuTensor::from_f32([2, 1, 2], vec![5.0, 6.0, 7.0, 8.0]).unwrap();
+        let v = CpuTensor::from_f32([2, 1, 2], vec![0.5, -0.5, 9.0, 9.0]).unwrap();
+        let op = Attention::new(AttnConfig::causal(2));
+        let out = run(&op, &[&q, &k, &v, &seq(&[(0, 0)])]);
+        assert_eq!(out, &[0.5, -0.5, 0.5, -0.5]);
+        // Row 1 of a sequence starting at 1: key 1 alone.
+        let out = run(&op, &[&q, &k, &v, &seq(&[(1, 1)])]);
+        assert_eq!(out, &[9.0, 9.0, 9.0, 9.0]);
+    }
+
+    #[test]
+    fn start_and_window_limit_the_keys() {
+        assert_eq!(visible(5, 0, 100, 0), 0..6);
+        assert_eq!(visible(5, 0, 100, 2), 4..6);
+        assert_eq!(visible(5, 0, 3, 0), 0..3);
+        assert_eq!(visible(-1, 0, 3, 0), 0..0);
+        assert_eq!(visible(10, 0, 3, 2), 9..9);
+        assert_eq!(visible(5, 3, 100, 0), 3..6);
+        assert_eq!(visible(5, 3, 100, 4), 3..6);
+        assert_eq!(visible(5, 3, 100, 2), 4..6);
+        assert_eq!(visible(2, 3, 100, 0), 3..3);
+        assert_eq!(visible(5, -4, 100, 0), 0..6);
+    }
+
+    #[test]
+    fn start_hides_the_keys_before_it() {
+        // Three queries at rows 7.. of a sequence starting at row 4 attend
+        // like queries at rows 3.. of a cache that begins at row 4.
+        let shape = (3, 4, 2, 8, 12);
+        let [q, k, v] = qkv(1, shape);
+        for cfg in [AttnConfig::causal(8), AttnConfig::causal(8).window(3)] {
+            let op = Attention::new(cfg);
+            let got = run(&op, &[&q, &k, &v, &seq(&[(4, 7)])]);
+            let (k4, v4) = (rows(&k, 4..12), rows(&v, 4..12));
+            let want = run(&op, &[&q, &k4, &v4, &seq(&[(0, 3)])]);
+            assert_eq!(got, want, "{cfg:?}");
+            let all = run(&op, &[&q, &k, &v, &seq(&[(0, 7)])]);
+            assert_eq!(got != all, cfg.window == 0, "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn a_pair_per_query_gives_each_query_its_own_sequence() {
+        let (t, h, hd, ctx) = (5, 4, 8, 12);
+        let [q, k, v] = qkv(2, (t, h, 2, hd, ctx));
+        // A long one, a later one, one that sees nothing (row before start),
+        // one past the cache's end, one at a negative row.
+        let pairs = [(0, 9), (3, 5), (7, 2), (2, 40), (0, -1)];
+        let op = Attention::new(AttnConfig::causal(hd));
+        let got = run(&op, &[&q, &k, &v, &seq(&pairs)]);
+        for (i, &pair) in pairs.iter().enumerate() {
+            let want = run(&op, &[&rows(&q, i..i + 1), &k, &v, &seq(&[pair])]);
+            assert_eq!(&got[i * h * hd..(i + 1) * h * hd], want, "query {i}");
+        }
+        assert!(got[2 * h * hd..3 * h * hd].iter().all(|&x| x == 0.0));
+        assert!(got[4 * h * hd..].iter().all(|&x| x == 0.0));
+        // Consecutive rows of one sequence: the same as one pair.
+        let q3 = rows(&q, 0..3);
+        let one = run(&op, &[&q3, &k, &v, &seq(&[(2, 5)])]);
+        let each = run(&op, &[&q3, &k, &v, &seq(&[(2, 5), (2, 6), (2, 7)])]);
+        assert_eq!(one, each);
+    }
+
+    #[test]
+    fn seq_must_be_one_pair_or_one_per_query() {
+        let [q, k, v] = [[3, 4, 8], [12, 2, 8], [12, 2, 8]].map(TensorDesc::f32);
+        let op = Attention::new(AttnConfig::causal(8));
+        let with = |s: TensorDesc| op.output(&[q.clone(), k.clone(), v.clone(), s]);
+        assert!(with(TensorDesc::new(DType::I32, [1, 2])).is_ok());
+        assert!(with(TensorDesc::new(DType::I32, [3, 2])).is_ok());
+        for bad in [vec![1], vec![2, 2], vec![3, 1], vec![3]] {
+            let err = with(TensorDesc::new(DType::I32, bad.clone())).unwrap_err();
+            assert!(matches!(err, OpError::Shape { .. }), "{bad:?}: {err}");
+        }
+        let err = with(TensorDesc::f32([1, 2])).unwrap_err();
+        assert!(matches!(err, OpError::DType { .. }), "{err}");
     }
 }

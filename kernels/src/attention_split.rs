@@ -2,9 +2,18 @@
 //! keys are too few to keep a big GPU busy with one workgroup per head, and
 //! at long contexts a head's workgroup walks thousands of keys alone. So
 //! [`AttentionPartials`] runs one workgroup per (query, head, chunk of
-//! `chunk` keys), each leaving its chunk's unnormalised output, max score
+//! [`CHUNK`] keys), each leaving its chunk's unnormalised output, max score
 //! and sum of exponentials, and [`AttentionCombine`] rescales and sums the
-//! chunks. Chunks past the visible keys cost one empty workgroup each.
+//! chunks. Inputs and semantics as [`crate::attention`]'s (q, k cache,
+//! v cache, seq with one `(start, row)` pair or one per query).
+//!
+//! Chunk `c` of a query holds its visible keys `lo + c CHUNK ..` (`lo` its
+//! first visible key), not rows `c CHUNK ..` of the cache: when several
+//! sequences share the cache (continuous batching), each query's chunks
+//! follow its own sequence, and the grid needs only enough chunks for the
+//! most keys one query sees ([`AttentionPartials::max_len`], the window),
+//! not for the whole cache. Chunks past a query's keys cost one empty
+//! workgroup each.
 //!
 //! Partials: `[T, n_head, chunks, head_dim + 2]` F32, per chunk `acc[d] =
 //! sum_j exp(s_j - m) v_j[d]`, then `m = max_j s_j`, then `l = sum_j
@@ -12,11 +21,11 @@
 
 use rayon::prelude::*;
 
-use crate::attention::{check_inputs, io_hole, softmax_sum, visible, AttnConfig, Params};
+use crate::attention::{check_inputs, io_hole, softmax_sum, visible, AttnConfig, Dims, Params};
 use crate::cases::{Dist, OpCase, Tolerance};
 use crate::check;
 use crate::dtype::DType;
-use crate::kv_append::read_pos;
+use crate::kv_append::read_seq;
 use crate::op::{grid, params_bytes, Caps, GpuKernel, Op, OpError};
 use crate::template::{fill, u};
 use crate::tensor::{CpuTensor, TensorDesc};
@@ -41,10 +50,16 @@ const FINISH: &str = "let base = (item * CHUNKS + chunk) * (HD + 2u);
 pub const CHUNK: usize = 256;
 
 /// Per-chunk attention partials; see the module docs. Inputs as
-/// [`crate::attention::Attention`]'s: q, k cache, v cache, pos.
+/// [`crate::attention::Attention`]'s: q, k cache, v cache, seq.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionPartials {
     pub cfg: AttnConfig,
+    /// The most keys any query sees, e.g. the rows of one sequence's slot
+    /// when several sequences share the cache; 0 = the cache's rows. The
+    /// output has `ceil(min(max_len, window, cache rows) / CHUNK)` chunks
+    /// per (query, head), zeros (unset) left out of the min. A promise:
+    /// what a query that sees more keys gets is unspecified.
+    pub max_len: usize,
     /// Use subgroup reductions when the device has them.
     pub allow_subgroups: bool,
 }
@@ -53,21 +68,35 @@ impl AttentionPartials {
     pub fn new(cfg: AttnConfig) -> AttentionPartials {
         AttentionPartials {
             cfg,
+            max_len: 0,
             allow_subgroups: true,
         }
     }
-}
 
-/// Chunks, chunk size and head size of an input set.
-fn layout(op: &'static str, inputs: &[TensorDesc]) -> Result<(usize, usize, usize), OpError> {
-    let d = check_inputs(op, inputs)?;
-    if d.head_dim > CHUNK {
-        return Err(OpError::Unsupported {
-            op,
-            what: format!("head_dim {} > {CHUNK}", d.head_dim),
-        });
+    /// Chunks enough for `max_len` keys per query (see the field).
+    pub fn max_len(self, max_len: usize) -> AttentionPartials {
+        AttentionPartials { max_len, ..self }
     }
-    Ok((d.ctx.div_ceil(CHUNK), CHUNK, d.head_dim))
+
+    /// The checked sizes of an input set and the chunks per (query, head).
+    fn layout(&self, inputs: &[TensorDesc]) -> Result<(Dims, usize), OpError> {
+        let op = self.name();
+        let d = check_inputs(op, inputs)?;
+        if d.head_dim > CHUNK {
+            return Err(OpError::Unsupported {
+                op,
+                what: format!("head_dim {} > {CHUNK}", d.head_dim),
+            });
+        }
+        let mut keys = d.ctx;
+        if self.max_len > 0 {
+            keys = keys.min(self.max_len);
+        }
+        if self.cfg.window > 0 {
+            keys = keys.min(self.cfg.window as usize);
+        }
+        Ok((d, keys.div_ceil(CHUNK).max(1)))
+    }
 }
 
 impl Op for AttentionPartials {
@@ -76,9 +105,8 @@ impl Op for AttentionPartials {
     }
 
     fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
-        let (chunks, _, hd) = layout(self.name(), inputs)?;
-        let q = &inputs[0].shape;
-        Ok(TensorDesc::f32([q[0], q[1], chunks, hd + 2]))
+        let (d, chunks) = self.layout(inputs)?;
+        Ok(TensorDesc::f32([d.n_q, d.n_head, chunks, d.head_dim + 2]))
     }
 
     /// Per chunk in f64: the max score, the sum of exponentials and the
@@ -86,23 +114,25 @@ impl Op for AttentionPartials {
     fn cpu(&self, inputs: &[&CpuTensor], out: &mut CpuTensor) -> Result<(), OpError> {
         let op = self.name();
         let descs: Vec<TensorDesc> = inputs.iter().map(|t| t.desc().clone()).collect();
-        let (chunks, chunk, hd) = layout(op, &descs)?;
-        let d = check_inputs(op, &descs)?;
+        let (d, chunks) = self.layout(&descs)?;
+        let hd = d.head_dim;
         let f32_of = |i: usize| {
             inputs[i]
                 .to_f32()
                 .map_err(|_| check::not_f32(op, inputs[i].dtype()))
         };
         let (q, k, v) = (f32_of(0)?, f32_of(1)?, f32_of(2)?);
-        let pos = read_pos(op, inputs[3])?;
+        let seq = read_seq(op, inputs[3], d.n_q)?;
         let group = d.n_head / d.n_kv;
         let o = out.as_f32_mut().ok_or(check::not_f32(op, DType::F32))?;
         o.par_chunks_mut(hd + 2).enumerate().for_each(|(i, o)| {
             let (item, c) = (i / chunks, i % chunks);
             let (t, h) = (item / d.n_head, item % d.n_head);
             let qv = &q[item * hd..(item + 1) * hd];
-            let seen = visible(pos.wrapping_add(t as i32), d.ctx, self.cfg.window);
-            let keys = seen.start.max(c * chunk)..seen.end.min((c + 1) * chunk);
+            let (r, start) = seq.range(t);
+            let seen = visible(r, start, d.ctx, self.cfg.window);
+            let lo = seen.start + c * CHUNK;
+            let keys = lo..seen.end.min(lo + CHUNK).max(lo);
             let row = |j: usize| (j * d.n_kv + h / group) * hd..(j * d.n_kv + h / group + 1) * hd;
             let (acc, m, l) = softmax_sum(qv, &k, &v, keys, row, self.cfg.scale);
             for (o, a) in o.iter_mut().zip(&acc) {
@@ -121,8 +151,8 @@ impl Op for AttentionPartials {
         caps: &Caps,
     ) -> Result<GpuKernel, OpError> {
         let op = self.name();
-        let (chunks, chunk, hd) = layout(op, inputs)?;
-        let d = check_inputs(op, inputs)?;
+        let (d, chunks) = self.layout(inputs)?;
+        let (chunk, hd) = (CHUNK, d.head_dim);
         let params = Params::new(op, inputs, d, self.cfg)?;
         let sg = self.allow_subgroups && caps.subgroups;
         let (io, kv_key) = io_hole(d.kv_dtype);
@@ -273,24 +303,60 @@ impl Op for AttentionCombine {
 }
 
 /// Partials on decode shapes (chunks past, inside and across the visible
-/// keys, a window, both cache dtypes and reductions); the combine on
-/// partials whose maxima differ, so the rescaling is exercised.
+/// keys, a window, both cache dtypes and reductions), one sequence or one
+/// per query, and batched decode over sequences in slots of a shared cache
+/// (`max_len` one slot); the combine on partials whose maxima differ, so
+/// the rescaling is exercised.
 pub fn cases() -> Vec<OpCase> {
+    // Sums of up to a chunk of exponentials <= 1: relative error.
+    let tolerance = Tolerance::new(1e-5, 1e-4);
     let mut cases = Vec::new();
-    let shapes = [(1, 9, 3, 64, 600), (2, 4, 4, 128, 700), (1, 2, 1, 5, 7)];
+    let shapes = [
+        (1, 9, 3, 64, 600),
+        (2, 4, 4, 128, 700),
+        (1, 2, 1, 5, 7),
+        (5, 9, 3, 64, 600),
+    ];
     for (i, shape) in shapes.into_iter().enumerate() {
-        let hd = shape.3;
-        for cfg in [AttnConfig::causal(hd), AttnConfig::causal(hd).window(37)] {
+        let (t, hd, ctx) = (shape.0, shape.3, shape.4);
+        // A window over two chunks where the cache has them.
+        let window = if ctx > CHUNK { 300 } else { 37 };
+        for cfg in [
+            AttnConfig::causal(hd),
+            AttnConfig::causal(hd).window(window),
+        ] {
             let op = AttentionPartials {
-                cfg,
                 allow_subgroups: i != 1,
+                ..AttentionPartials::new(cfg)
             };
             let dtype = if i == 0 { DType::F16 } else { DType::F32 };
-            // Sums of up to a chunk of exponentials <= 1: relative error.
-            let mut case = crate::attention::case(op, shape, dtype);
-            case.tolerance = Tolerance::new(1e-5, 1e-4);
-            cases.push(case);
+            for per_query in [false, true] {
+                if per_query && t == 1 {
+                    continue;
+                }
+                let mut case = crate::attention::case(op, shape, dtype, per_query);
+                case.tolerance = tolerance;
+                cases.push(case);
+            }
         }
+    }
+    // Six queries in three slots of 300 rows, GQA, F16: query i in slot
+    // i % 3 sees keys from the slot's first row; query 4 sees none.
+    let (slots, len, hd) = (3, 300, 64);
+    let seq = (0..6).flat_map(|i| {
+        let start = (i % slots * len) as i32;
+        let rows = if i == 4 {
+            (start - 3, start)
+        } else {
+            (start, start + len as i32)
+        };
+        [(start, start + 1), rows]
+    });
+    let seq: Vec<_> = seq.collect();
+    for cfg in [AttnConfig::causal(hd), AttnConfig::causal(hd).window(280)] {
+        let op = AttentionPartials::new(cfg).max_len(len);
+        let inputs = crate::attention::inputs((6, 9, 3, hd, slots * len), DType::F16, 6);
+        cases.push(OpCase::new(op, inputs, tolerance).int_ranges(seq.clone()));
     }
     for (t, h, c, hd) in [(1, 9, 4, 64), (2, 3, 7, 128), (1, 1, 1, 5)] {
         let case = OpCase::new(
@@ -303,4 +369,59 @@ pub fn cases() -> Vec<OpCase> {
         cases.push(case);
     }
     cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::testing::{qkv, run};
+    use crate::attention::Attention;
+    use crate::kv_append::seq_tensor;
+
+    /// Combines the partials `op` gives for `inputs`.
+    fn split(op: AttentionPartials, inputs: &[&CpuTensor]) -> Vec<f32> {
+        let descs: Vec<_> = inputs.iter().map(|t| t.desc().clone()).collect();
+        let part = CpuTensor::from_f32(op.output(&descs).unwrap().shape, run(&op, inputs));
+        run(&AttentionCombine, &[&part.unwrap()])
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= 1e-5, "{what}: at [{i}] got {g}, want {w}");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_most_keys_a_query_sees() {
+        let inputs = crate::attention::inputs((2, 4, 2, 8, 1000), DType::F32, 2);
+        let chunks = |op: AttentionPartials| op.output(&inputs).unwrap().shape[2];
+        let causal = AttentionPartials::new(AttnConfig::causal(8));
+        assert_eq!(chunks(causal), 4);
+        assert_eq!(chunks(causal.max_len(300)), 2);
+        assert_eq!(chunks(causal.max_len(5000)), 4);
+        let window = AttentionPartials::new(AttnConfig::causal(8).window(100));
+        assert_eq!(chunks(window), 1);
+        assert_eq!(chunks(window.max_len(50)), 1);
+    }
+
+    #[test]
+    fn combined_partials_are_attention_for_sequences_in_slots() {
+        // Three slots of 600 rows (chunks of one slot: 3, of the cache: 8);
+        // queries at the start of a slot, across chunk edges, at its end,
+        // and one that sees nothing.
+        let (t, h, hd, len) = (5, 4, 8, 600);
+        let [q, k, v] = qkv(3, (t, h, 2, hd, 3 * len));
+        let pairs = [(0, 0), (600, 600 + 300), (1200, 1799), (600, 599), (0, 513)];
+        let seq = seq_tensor(&pairs).unwrap();
+        for cfg in [AttnConfig::causal(hd), AttnConfig::causal(hd).window(260)] {
+            let want = run(&Attention::new(cfg), &[&q, &k, &v, &seq]);
+            let op = AttentionPartials::new(cfg).max_len(len);
+            let got = split(op, &[&q, &k, &v, &seq]);
+            assert_close(&got, &want, &format!("{cfg:?}"));
+            // Unbounded, the chunks cover the whole cache: the same result.
+            let got = split(AttentionPartials::new(cfg), &[&q, &k, &v, &seq]);
+            assert_close(&got, &want, &format!("{cfg:?}, max_len 0"));
+        }
+    }
 }

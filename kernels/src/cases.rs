@@ -84,9 +84,12 @@ pub struct OpCase {
     pub op: Arc<dyn Op>,
     pub inputs: Vec<TensorDesc>,
     pub dist: Dist,
-    /// Where I32 inputs (positions, lengths) are drawn from, uniform in
-    /// `[lo, hi)`: they must be valid for the op, unlike random floats.
-    pub ints: (i32, i32),
+    /// Where I32 inputs (positions, lengths) are drawn from: element `i` of
+    /// each I32 input uniformly from `ints[i % ints.len()]`, each `[lo, hi)`.
+    /// They must be valid for the op, unlike random floats; cycling lets a
+    /// case give each column of a `[R, 2]` input, or each element, its own
+    /// range.
+    pub ints: Vec<(i32, i32)>,
     /// `(input, fraction)`: about that fraction of the input's values is
     /// exactly 0 (masks, scales of an adapter that some rows do not use).
     pub zeros: Vec<(usize, f32)>,
@@ -102,7 +105,7 @@ impl OpCase {
             op,
             inputs,
             dist: Dist::uniform(-1.0, 1.0),
-            ints: (0, 1),
+            ints: vec![(0, 1)],
             zeros: Vec::new(),
             tolerance,
         }
@@ -114,8 +117,18 @@ impl OpCase {
     }
 
     /// Draws I32 inputs uniformly from `[lo, hi)`.
-    pub fn ints(mut self, lo: i32, hi: i32) -> OpCase {
-        self.ints = (lo, hi);
+    pub fn ints(self, lo: i32, hi: i32) -> OpCase {
+        self.int_ranges(vec![(lo, hi)])
+    }
+
+    /// Draws element `i` of each I32 input from `ranges[i % ranges.len()]`.
+    pub fn int_ranges(mut self, ranges: Vec<(i32, i32)>) -> OpCase {
+        assert!(
+            !ranges.is_empty() && ranges.iter().all(|&(lo, hi)| lo < hi),
+            "{}: an empty int range in {ranges:?}",
+            self.label
+        );
+        self.ints = ranges;
         self
     }
 

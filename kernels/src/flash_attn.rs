@@ -1,18 +1,21 @@
 //! Flash attention for prefill: causal (+ sliding window, GQA) attention of
 //! T queries against the KV cache, tiled through workgroup memory with an
 //! online softmax, for any T. Same inputs, semantics and CPU reference as
-//! [`crate::attention`] (see there); tested against that naive reference.
+//! [`crate::attention`] (see there), but one sequence only: seq is one
+//! `(start, row)` pair, I32 `[1, 2]` (a pair per query is a shape error;
+//! batched decode is [`crate::attention`]'s). Tested against that naive
+//! reference.
 //!
 //! The kernel (`flash_attn.wgsl`, layout notes there) is register-blocked
 //! like the tiled matmul: a workgroup takes 64 rows (the queries of every
 //! head sharing one kv head, so GQA loads each K/V tile once) against key
 //! tiles of 64, each invocation 4 x 4 scores and 4 rows x 8 dimensions of
 //! output; key tiles no row sees (above the causal diagonal, before the
-//! window) are skipped. On an H200 at llama-7b's T = 512: 0.136 ms per
+//! window or the sequence's start) are skipped. On an H200 at llama-7b's T = 512: 0.136 ms per
 //! layer, 15.7 TFLOP/s over the causal half (was 4.16 ms, 0.52;
 //! docs/BENCHMARKS.md). Still f32: no cooperative-matrix variant yet.
 
-use crate::attention::{case, check_inputs, naive, AttnConfig, Params};
+use crate::attention::{case, check_inputs, naive, AttnConfig, Dims, Params};
 use crate::cases::OpCase;
 use crate::check;
 use crate::dtype::DType;
@@ -161,13 +164,26 @@ fn loaders(hd: u32, kv: DType) -> [(&'static str, String); 3] {
     ]
 }
 
+/// [`check_inputs`], and seq one pair: prefill is one sequence.
+fn check_one_sequence(op: &'static str, inputs: &[TensorDesc]) -> Result<Dims, OpError> {
+    let d = check_inputs(op, inputs)?;
+    if d.per_query {
+        return Err(check::shape_err(
+            op,
+            inputs,
+            "flash attention runs one sequence: seq must be [1, 2]",
+        ));
+    }
+    Ok(d)
+}
+
 impl Op for FlashAttention {
     fn name(&self) -> &'static str {
         "flash_attention"
     }
 
     fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
-        check_inputs(self.name(), inputs)?;
+        check_one_sequence(self.name(), inputs)?;
         Ok(inputs[0].clone())
     }
 
@@ -189,7 +205,7 @@ impl Op for FlashAttention {
         caps: &Caps,
     ) -> Result<GpuKernel, OpError> {
         let op = self.name();
-        let d = check_inputs(op, inputs)?;
+        let d = check_one_sequence(op, inputs)?;
         let params = Params::new(op, inputs, d, self.cfg)?;
         let hd = check::dim_u32(op, inputs, d.head_dim)?;
         let limit = caps.max_workgroup_storage_bytes;
@@ -249,7 +265,9 @@ impl Op for FlashAttention {
 }
 
 /// Ragged prefill shapes: T in {1, 3, 17, 64, 130}, head_dim 64 (SmolLM2) and
-/// 128, SmolLM2's GQA (9 heads on 3), a pre-filled cache (pos > 0 mostly),
+/// 128, SmolLM2's GQA (9 heads on 3), a pre-filled cache (row > 0 mostly)
+/// holding a sequence that starts past row 0 (mostly; a start after the
+/// row leaves the first queries nothing to see),
 /// with and without a sliding window, small tiles forced so tiles of keys
 /// and rows both go ragged, odd head_dims, and F16 caches; then
 /// prefill-sized ones (T 64 to 200, a few hundred keys, llama's 32 heads on
@@ -266,11 +284,12 @@ pub fn cases() -> Vec<OpCase> {
     ] {
         let shape = (t, 9, 3, hd, t + 45);
         let causal = AttnConfig::causal(hd);
-        cases.push(case(FlashAttention::new(causal), shape, DType::F32));
+        cases.push(case(FlashAttention::new(causal), shape, DType::F32, false));
         cases.push(case(
             FlashAttention::new(causal.window(29)),
             shape,
             DType::F32,
+            false,
         ));
     }
     let tiled = |cfg, bq, bk| FlashAttention {
@@ -281,10 +300,10 @@ pub fn cases() -> Vec<OpCase> {
     // F16 cache of head_dim 6 (u32 pairs).
     for (hd, cache) in [(5, DType::F32), (6, DType::F16)] {
         let cfg = AttnConfig::causal(hd).window(6);
-        cases.push(case(tiled(cfg, 16, 16), (19, 4, 2, hd, 30), cache));
+        cases.push(case(tiled(cfg, 16, 16), (19, 4, 2, hd, 30), cache, false));
     }
     let causal = FlashAttention::new(AttnConfig::causal(128));
-    cases.push(case(causal, (64, 9, 3, 128, 100), DType::F16));
+    cases.push(case(causal, (64, 9, 3, 128, 100), DType::F16, false));
     // Prefill: (T, heads, kv heads, head_dim, ctx, window, cache).
     for (t, h, kv, hd, ctx, window, cache) in [
         (64, 9, 3, 64, 300, 0, DType::F32),
@@ -296,11 +315,21 @@ pub fn cases() -> Vec<OpCase> {
         (100, 8, 8, 128, 333, 40, DType::F16),
     ] {
         let cfg = AttnConfig::causal(hd).window(window);
-        cases.push(case(FlashAttention::new(cfg), (t, h, kv, hd, ctx), cache));
+        cases.push(case(
+            FlashAttention::new(cfg),
+            (t, h, kv, hd, ctx),
+            cache,
+            false,
+        ));
     }
     for (bq, bk) in [(64, 64), (64, 32), (32, 64), (32, 32), (16, 32)] {
         let cfg = AttnConfig::causal(128).window(50);
-        cases.push(case(tiled(cfg, bq, bk), (97, 9, 3, 128, 220), DType::F32));
+        cases.push(case(
+            tiled(cfg, bq, bk),
+            (97, 9, 3, 128, 220),
+            DType::F32,
+            false,
+        ));
     }
     cases
 }
@@ -328,5 +357,17 @@ mod tests {
             dv: 2,
         };
         assert_eq!(plan, Some(want));
+    }
+
+    #[test]
+    fn one_sequence_only() {
+        let op = FlashAttention::new(AttnConfig::causal(8));
+        let mut inputs = crate::attention::inputs((3, 4, 2, 8, 20), DType::F32, 1);
+        assert!(op.output(&inputs).is_ok());
+        inputs[3] = TensorDesc::new(DType::I32, [3, 2]);
+        let err = op.output(&inputs).unwrap_err();
+        assert!(matches!(err, OpError::Shape { .. }), "{err}");
+        let err = op.gpu(&inputs, &inputs[0], &Caps::baseline()).unwrap_err();
+        assert!(matches!(err, OpError::Shape { .. }), "{err}");
     }
 }

@@ -1,8 +1,22 @@
-//! KV-cache append: writes `T` new rows of keys or values into the cache at
-//! rows `pos .. pos + T`, in place (the engine's `Graph::write_into` on the
-//! resident cache). `pos` is an I32 `[1]` input, so one compiled plan serves
-//! every decode step. Rows outside `0..ctx` are not written: the layer above
-//! reports context overflow.
+//! KV-cache append: writes `T` new rows of keys or values into the cache,
+//! in place (the engine's `Graph::write_into` on the resident cache), at
+//! the rows the sequence input names. Rows outside `0..ctx` are not
+//! written: the layer above reports context overflow.
+//!
+//! Also the sequence input every KV op shares ([`check_seq`], [`Seq`]):
+//! seq I32 `[R, 2]`, each row `(start, row)`, with R = 1 or R = T.
+//! - R = 1, one sequence of T consecutive tokens (prefill, single-sequence
+//!   decode): token t sits at cache row `row + t` and sees keys
+//!   `start ..= row + t`.
+//! - R = T, T sequences of one token each (batched decode): token t sits at
+//!   cache row `row_t` and sees keys `start_t ..= row_t`.
+//!
+//! The append uses the rows only; attention adds the starts (and a sliding
+//! window). The pairs are an input, so one compiled plan serves every
+//! step; they are i32 and wrap like the GPU's arithmetic (a negative row
+//! is not written and sees no key; a negative start bounds nothing).
+//! Several sequences share one cache by owning disjoint blocks of its
+//! rows; the kernels never know.
 
 use half::f16;
 
@@ -11,7 +25,7 @@ use crate::check;
 use crate::dtype::DType;
 use crate::op::{grid, params_bytes, Caps, GpuKernel, Op, OpError};
 use crate::template::{fill, u};
-use crate::tensor::{CpuTensor, TensorDesc};
+use crate::tensor::{CpuTensor, TensorDesc, TensorError};
 
 const WGSL: &str = include_str!("../wgsl/kv_append.wgsl");
 
@@ -26,11 +40,15 @@ struct Params {
     ctx: u32,
     /// Units (vec4, f32 or f16 pair) per row.
     row_len: u32,
-    _pad: u32,
+    /// 1 when seq has a row per new row (R = T > 1), else 0.
+    per_query: u32,
 }
 
-/// `cache[pos + t] = new[t]`: new `[T, n_kv, head_dim]` F32 and pos I32 `[1]`
-/// in, the cache `[ctx, n_kv, head_dim]` in `cache` dtype (F32 or F16) out.
+/// `cache[row_t] = new[t]` (see the module docs for `row_t`): new
+/// `[T, n_kv, head_dim]` F32 and seq I32 `[1, 2]` or `[T, 2]` in, the cache
+/// `[ctx, n_kv, head_dim]` in `cache` dtype (F32 or F16) out. With R = T
+/// the rows must be distinct: which of two writes to one row lands is
+/// unspecified on the GPU.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KvAppend {
     /// Rows of the cache.
@@ -45,34 +63,61 @@ impl KvAppend {
     }
 }
 
-/// The position input's value: a one-element I32 tensor.
-pub(crate) fn read_pos(op: &'static str, t: &CpuTensor) -> Result<i32, OpError> {
-    let b = t.bytes();
-    match (t.dtype(), b.get(..4)) {
-        (DType::I32, Some(&[a, b, c, d])) => Ok(i32::from_le_bytes([a, b, c, d])),
-        _ => Err(OpError::DType {
+/// Checks that `seq` is I32 `[1, 2]` or `[n_q, 2]` and returns whether it
+/// has one row per query (R = T > 1).
+pub(crate) fn check_seq(
+    op: &'static str,
+    inputs: &[TensorDesc],
+    seq: &TensorDesc,
+    n_q: usize,
+) -> Result<bool, OpError> {
+    check::dtype(op, seq, &[DType::I32], "the sequence ranges")?;
+    match seq.shape.as_slice() {
+        &[r, 2] if r == 1 || r == n_q => Ok(r > 1),
+        _ => Err(check::shape_err(
             op,
-            dtype: t.dtype(),
-            what: "the position (one I32)",
-        }),
+            inputs,
+            format!("seq must be [1, 2] or [T, 2] (start, row) with T = {n_q}"),
+        )),
     }
 }
 
-/// Checks that `pos` is an I32 `[1]`.
-pub(crate) fn check_pos(
-    op: &'static str,
-    inputs: &[TensorDesc],
-    pos: &TensorDesc,
-) -> Result<(), OpError> {
-    check::dtype(op, pos, &[DType::I32], "the position")?;
-    if pos.shape != [1] {
-        return Err(check::shape_err(
-            op,
-            inputs,
-            "the position must have shape [1]",
-        ));
+/// The sequence input as the CPU reads it: `(start, row)` per row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Seq(Vec<(i32, i32)>);
+
+impl Seq {
+    /// Query (or new row) `t`'s cache row and the first key it may see:
+    /// `(row + t, start)` from one row (i32 wrapping, like the GPU),
+    /// `(row_t, start_t)` from one row per query. `t` < T.
+    pub(crate) fn range(&self, t: usize) -> (i32, i32) {
+        match self.0[..] {
+            [(start, row)] => (row.wrapping_add(t as i32), start),
+            _ => (self.0[t].1, self.0[t].0),
+        }
     }
-    Ok(())
+}
+
+/// A seq input from `(start, row)` pairs: I32 `[pairs.len(), 2]`.
+pub fn seq_tensor(pairs: &[(i32, i32)]) -> Result<CpuTensor, TensorError> {
+    let bytes = pairs
+        .iter()
+        .flat_map(|&(start, row)| [start, row])
+        .flat_map(i32::to_le_bytes)
+        .collect();
+    CpuTensor::from_bytes(TensorDesc::new(DType::I32, [pairs.len(), 2]), bytes)
+}
+
+/// Reads a seq input for `n_q` queries (checked as [`check_seq`] does).
+pub(crate) fn read_seq(op: &'static str, t: &CpuTensor, n_q: usize) -> Result<Seq, OpError> {
+    let desc = t.desc().clone();
+    check_seq(op, std::slice::from_ref(&desc), &desc, n_q)?;
+    let ints: Vec<i32> = t
+        .bytes()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Seq(ints.chunks_exact(2).map(|p| (p[0], p[1])).collect()))
 }
 
 impl Op for KvAppend {
@@ -83,9 +128,8 @@ impl Op for KvAppend {
     fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
         let op = self.name();
         check::arity(op, inputs, 2)?;
-        let (new, pos) = (&inputs[0], &inputs[1]);
+        let (new, seq) = (&inputs[0], &inputs[1]);
         check::dtype(op, new, &[DType::F32], "new keys or values")?;
-        check_pos(op, inputs, pos)?;
         if self.cache != DType::F32 && self.cache != DType::F16 {
             return Err(OpError::DType {
                 op,
@@ -93,13 +137,14 @@ impl Op for KvAppend {
                 what: "the cache",
             });
         }
-        let &[_, n_kv, head_dim] = new.shape.as_slice() else {
+        let &[t, n_kv, head_dim] = new.shape.as_slice() else {
             return Err(check::shape_err(
                 op,
                 inputs,
                 "new rows must be [T, n_kv_heads, head_dim]",
             ));
         };
+        check_seq(op, inputs, seq, t)?;
         // An F16 cache is written as u32 pairs, so rows must hold whole pairs.
         if self.cache == DType::F16 && (n_kv * head_dim) % 2 == 1 {
             return Err(check::shape_err(
@@ -119,11 +164,11 @@ impl Op for KvAppend {
         let new = inputs[0]
             .to_f32()
             .map_err(|_| check::not_f32(op, inputs[0].dtype()))?;
-        let pos = read_pos(op, inputs[1])?;
+        let seq = read_seq(op, inputs[1], inputs[0].desc().shape[0])?;
         let row = inputs[0].desc().shape[1..].iter().product::<usize>();
-        // Which cache rows the new rows land on (the GPU's wrapping i32 math).
+        // Which cache rows the new rows land on.
         let target = |t: usize| -> Option<usize> {
-            usize::try_from(pos.wrapping_add(t as i32))
+            usize::try_from(seq.range(t).0)
                 .ok()
                 .filter(|&r| r < self.ctx)
         };
@@ -165,7 +210,8 @@ impl Op for KvAppend {
         caps: &Caps,
     ) -> Result<GpuKernel, OpError> {
         let op = self.name();
-        let new = &inputs[0];
+        let (new, seq) = (&inputs[0], &inputs[1]);
+        let per_query = check_seq(op, inputs, seq, new.shape[0])?;
         let row = new.shape[1..].iter().product::<usize>();
         // (unit width, src type, dst type, conversion, key)
         let (width, src, dst, convert, key) = match out.dtype {
@@ -194,17 +240,17 @@ impl Op for KvAppend {
                 rows,
                 ctx,
                 row_len,
-                _pad: 0,
+                per_query: u32::from(per_query),
             }),
             workgroups: grid(units.div_ceil(WG), caps.max_workgroups_per_dimension),
         })
     }
 }
 
-/// Appends of 1 to 130 rows, at positions that fit, overflow the end, or
-/// both; vec4, scalar and f16 units.
+/// Appends of 1 to 130 rows: one sequence at rows that fit, overflow the
+/// end, or both, and (T > 1) one row per new row, distinct, some outside the
+/// cache; vec4, scalar and f16 units.
 pub fn cases() -> Vec<OpCase> {
-    let i32_1 = TensorDesc::new(DType::I32, [1]);
     let mut cases = Vec::new();
     for (t, n_kv, hd, ctx) in [
         (1, 3, 64, 40),
@@ -218,14 +264,25 @@ pub fn cases() -> Vec<OpCase> {
                 continue;
             }
             // Copies are exact; f16 rounding happens identically on both sides.
-            let new = TensorDesc::f32([t, n_kv, hd]);
-            let case = OpCase::new(
-                KvAppend::new(ctx, cache),
-                vec![new, i32_1.clone()],
-                Tolerance::new(0.0, 0.0),
-            );
-            // Positions from before the start to past the end.
-            cases.push(case.ints(-2, ctx as i32 + 2));
+            let case = |r: usize| {
+                let inputs = vec![
+                    TensorDesc::f32([t, n_kv, hd]),
+                    TensorDesc::new(DType::I32, [r, 2]),
+                ];
+                OpCase::new(KvAppend::new(ctx, cache), inputs, Tolerance::new(0.0, 0.0))
+            };
+            // Starts are ignored; rows from before the start to past the end.
+            let (lo, hi) = (-2, ctx as i32 + 2);
+            cases.push(case(1).int_ranges(vec![(-3, 4), (lo, hi)]));
+            if t > 1 {
+                // Row t from its own band of [lo, hi), so rows never collide,
+                // the bands in reverse so rows never run consecutively.
+                let w = (hi - lo) / t as i32;
+                let bands = (0..t as i32)
+                    .rev()
+                    .flat_map(|i| [(-3, 4), (lo + i * w, lo + (i + 1) * w)]);
+                cases.push(case(t).int_ranges(bands.collect()));
+            }
         }
     }
     cases
@@ -235,8 +292,8 @@ pub fn cases() -> Vec<OpCase> {
 mod tests {
     use super::*;
 
-    fn pos(p: i32) -> CpuTensor {
-        CpuTensor::from_bytes(TensorDesc::new(DType::I32, [1]), p.to_le_bytes().to_vec()).unwrap()
+    fn seq(pairs: &[(i32, i32)]) -> CpuTensor {
+        seq_tensor(pairs).unwrap()
     }
 
     #[test]
@@ -244,10 +301,39 @@ mod tests {
         let op = KvAppend::new(3, DType::F32);
         let new = CpuTensor::from_f32([2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         let mut cache = CpuTensor::from_f32([3, 1, 2], vec![-1.0; 6]).unwrap();
-        op.cpu(&[&new, &pos(2)], &mut cache).unwrap();
+        op.cpu(&[&new, &seq(&[(0, 2)])], &mut cache).unwrap();
         assert_eq!(cache.as_f32().unwrap(), &[-1.0, -1.0, -1.0, -1.0, 1.0, 2.0]);
-        op.cpu(&[&new, &pos(-1)], &mut cache).unwrap();
+        // The start does not move the append.
+        op.cpu(&[&new, &seq(&[(2, -1)])], &mut cache).unwrap();
         assert_eq!(cache.as_f32().unwrap(), &[3.0, 4.0, -1.0, -1.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn one_row_per_new_row() {
+        let op = KvAppend::new(4, DType::F32);
+        let new = CpuTensor::from_f32([3, 1, 1], vec![1.0, 2.0, 3.0]).unwrap();
+        let mut cache = CpuTensor::from_f32([4, 1, 1], vec![0.0; 4]).unwrap();
+        // Rows 3, 0 and 9 (outside: not written), in that order.
+        op.cpu(&[&new, &seq(&[(2, 3), (0, 0), (8, 9)])], &mut cache)
+            .unwrap();
+        assert_eq!(cache.as_f32().unwrap(), &[2.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn seq_must_be_one_row_or_one_per_query() {
+        let op = KvAppend::new(4, DType::F32);
+        let new = TensorDesc::f32([3, 1, 2]);
+        let i32s = |s: &[usize]| TensorDesc::new(DType::I32, s.to_vec());
+        for good in [[1, 2], [3, 2]] {
+            assert!(op.output(&[new.clone(), i32s(&good)]).is_ok(), "{good:?}");
+        }
+        for bad in [&[1][..], &[2], &[2, 2], &[3, 1], &[1, 2, 1]] {
+            let err = op.output(&[new.clone(), i32s(bad)]).unwrap_err();
+            assert!(matches!(err, OpError::Shape { .. }), "{bad:?}: {err}");
+        }
+        let f32_seq = TensorDesc::f32([1, 2]);
+        let err = op.output(&[new, f32_seq]).unwrap_err();
+        assert!(matches!(err, OpError::DType { .. }), "{err}");
     }
 
     #[test]
@@ -255,7 +341,7 @@ mod tests {
         let op = KvAppend::new(2, DType::F16);
         let new = CpuTensor::from_f32([1, 1, 2], vec![1.0, 0.1]).unwrap();
         let mut cache = CpuTensor::zeros(&TensorDesc::new(DType::F16, [2, 1, 2])).unwrap();
-        op.cpu(&[&new, &pos(1)], &mut cache).unwrap();
+        op.cpu(&[&new, &seq(&[(0, 1)])], &mut cache).unwrap();
         let got = cache.to_f32().unwrap();
         assert_eq!(&got[..], &[0.0, 0.0, 1.0, f16::from_f32(0.1).to_f32()]);
     }

@@ -11,6 +11,7 @@ mod common;
 use std::collections::HashMap;
 
 use kiln_kernels::attention::{Attention, AttnConfig};
+use kiln_kernels::attention_split::AttentionPartials;
 use kiln_kernels::flash_attn::FlashAttention;
 use kiln_kernels::kv_append::{self, KvAppend};
 use kiln_kernels::{
@@ -49,13 +50,13 @@ fn every_attention_variant_validates() {
         .map(|c| (c.label, c.op, c.inputs))
         .collect();
     let f = |s: [usize; 3]| TensorDesc::f32(s);
-    let pos = TensorDesc::new(DType::I32, [1]);
+    let seq = TensorDesc::new(DType::I32, [1, 2]);
     for hd in [80, 256] {
         let inputs = vec![
             f([130, 8, hd]),
             f([300, 2, hd]),
             f([300, 2, hd]),
-            pos.clone(),
+            seq.clone(),
         ];
         let cfg = AttnConfig::causal(hd).window(64);
         all.push((
@@ -77,14 +78,26 @@ fn every_attention_variant_validates() {
                 f([130, 32, hd]),
                 h([300, 8, hd]),
                 h([300, 8, hd]),
-                pos.clone(),
+                seq.clone(),
+            ],
+        ));
+        // Batched decode over slots of 300 rows in a cache of 8 slots.
+        let per_query = TensorDesc::new(DType::I32, [32, 2]);
+        all.push((
+            format!("partials hd {hd} f16 32/8 slots"),
+            std::sync::Arc::new(AttentionPartials::new(cfg).max_len(300)),
+            vec![
+                f([32, 32, hd]),
+                h([2400, 8, hd]),
+                h([2400, 8, hd]),
+                per_query,
             ],
         ));
     }
     all.push((
         "kv_append f16".into(),
         std::sync::Arc::new(KvAppend::new(64, DType::F16)),
-        vec![f([1, 8, 256]), pos],
+        vec![f([1, 8, 256]), seq],
     ));
 
     let mut seen: HashMap<String, String> = HashMap::new();

@@ -1,7 +1,8 @@
 // Decode attention: out[t, h] = softmax_j(scale * q[t, h] . k[j, g]) v[j, g]
 // over the keys j this query sees, g = h / group (GQA). Query t sits at
-// position pos + t; it sees key j iff j <= pos + t, j < ctx and, with a
-// sliding window, pos + t - j < window. No scores matrix in memory.
+// cache row r (query_range: row + t of the one seq pair, or row_t of its
+// own); it sees key j iff start <= j <= r, j < ctx and, with a sliding
+// window, r - j < window. No scores matrix in memory.
 //
 // One workgroup per (query, head). Keys go by blocks of WG:
 //   1. invocation i scores key j0 + i against q (held, pre-scaled, in
@@ -20,7 +21,8 @@ const WG: u32 = {{WG}};
 const HD: u32 = {{HD}};
 // Key splits in the p . V step (HD <= WG, checked on the host).
 const SPLITS: u32 = WG / HD;
-// Key chunks per (query, head): 1, or ceil(ctx / WG) when split.
+// Key chunks per (query, head): 1, or enough for the most keys a query
+// sees when split (attention_split.rs).
 const CHUNKS: u32 = {{CHUNKS}};
 
 {{REDUCE}}
@@ -47,21 +49,24 @@ fn main(ids: Ids) {
     let kvh = h / p.group;
     let lid = ids.lid;
 
-    // Visible keys [lo, hi). i32 wraps like the CPU reference's.
-    let pq = pos[0] + i32(t);
+    // Visible keys [lo, hi) (empty when lo >= hi), once per workgroup.
+    let range = query_range(t);
+    let pq = range.x;
     var hi = 0u;
-    var lo = 0u;
+    var lo = u32(max(range.y, 0));
     if pq >= 0 {
         hi = min(u32(pq) + 1u, p.ctx);
         if p.window > 0u && u32(pq) + 1u > p.window {
-            lo = u32(pq) + 1u - p.window;
+            lo = max(lo, u32(pq) + 1u - p.window);
         }
     }
 
     if CHUNKS > 1u {
-        // One block of WG keys per chunk; an empty range leaves l = 0.
-        lo = max(lo, chunk * WG);
-        hi = max(lo, min(hi, chunk * WG + WG));
+        // Chunk c: keys lo + c WG .. of the visible ones, so chunks follow
+        // each query's sequence wherever it lies in the cache; an empty
+        // range leaves l = 0.
+        lo += chunk * WG;
+        hi = max(lo, min(hi, lo + WG));
     }
 
     for (var d = lid; d < HD; d += WG) {

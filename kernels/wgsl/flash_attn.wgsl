@@ -1,7 +1,8 @@
 // Flash attention (prefill): the same function as attention.wgsl (causal,
-// sliding window, GQA; query t at position pos + t) for any number of
-// queries, without a seq x seq matrix (Dao et al. 2022, FlashAttention;
-// the loop order of FlashAttention-2), f32 throughout.
+// sliding window, GQA) for one sequence: seq is one (start, row) pair,
+// query t sits at cache row row + t and sees keys from start. For any
+// number of queries, without a seq x seq matrix (Dao et al. 2022,
+// FlashAttention; the loop order of FlashAttention-2), f32 throughout.
 //
 // Rows: the query heads that share kv head kvh, T-major: row R is query
 // t = R / group of head kvh * group + R % group, so one workgroup's K and V
@@ -13,7 +14,8 @@
 // of the tile: the scores of keys tx + 16 j (j < RK) of each key tile and
 // the output vec4s tx + 16 c (c < DV) of those rows (register blocking,
 // like the tiled matmul). Per key tile of BK keys (only those some row of
-// the tile sees: causal and window skipping):
+// the tile sees: the tiles start at the sequence's start or the window's,
+// and end at the causal diagonal):
 //   1. S = Q K^T in registers; Q and K staged in chunks of DC dimensions
 //      (pitch LDS vec4s, odd, so the K reads of a quarter warp hit
 //      distinct banks); Q is pre-scaled when staged;
@@ -32,17 +34,18 @@ struct Params {
     group: u32,   // n_head / n_kv
     window: u32,  // 0 = no sliding window
     scale: f32,
-    _pad: u32,
+    per_query: u32, // always 0 here: one seq pair (flash_attn.rs)
 }
 
 // Layouts: q, out [n_q, n_head, HD]; k, v [ctx, n_kv, HD], f32 or f16
 // (f16 read as packed u32 words, so no f16 feature is needed). With HD a
-// multiple of 4 they are bound as arrays of 4-element words.
+// multiple of 4 they are bound as arrays of 4-element words. seq [1, 2]:
+// (start, row).
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<{{Q_T}}>;
 @group(0) @binding(2) var<storage, read> k: array<{{KV_T}}>;
 @group(0) @binding(3) var<storage, read> v: array<{{KV_T}}>;
-@group(0) @binding(4) var<storage, read> pos: array<i32>;
+@group(0) @binding(4) var<storage, read> seq: array<i32>;
 @group(0) @binding(5) var<storage, read_write> out: array<{{Q_T}}>;
 
 // ld_q(i, n), ld_k, ld_v: elements i .. i + 4 of a buffer as f32, of which
@@ -78,7 +81,8 @@ var<workgroup> m_sh: array<f32, BQ>;
 var<workgroup> l_sh: array<f32, BQ>;
 var<workgroup> a_sh: array<f32, BQ>;
 
-// Key j (< ctx) is visible from query position pq.
+// Key j (< ctx, >= the sequence's start: the tiles begin there) is visible
+// from the query at cache row pq.
 fn sees(pq: i32, j: u32) -> bool {
     if pq < 0 {
         return false;
@@ -104,18 +108,19 @@ fn main(
     let kvh = item - back * p.n_kv;
     let r0 = (n_tiles - 1u - back) * BQ;
 
-    // Keys [lo, hi) that some row of the tile sees. i32 wraps like the CPU
-    // reference's.
-    let p0 = pos[0];
+    // Keys [lo, hi) that some row of the tile sees: none before the
+    // sequence's start, so no tile below it is loaded. i32 wraps like the
+    // CPU reference's.
+    let p0 = seq[1];
     let first = p0 + i32(r0 / p.group);
     let last = p0 + i32((min(r0 + BQ, rows) - 1u) / p.group);
     var hi = 0u;
-    var lo = 0u;
+    var lo = u32(max(seq[0], 0));
     if last >= 0 {
         hi = min(u32(last) + 1u, p.ctx);
     }
     if p.window > 0u && first >= 0 && u32(first) + 1u > p.window {
-        lo = u32(first) + 1u - p.window;
+        lo = max(lo, u32(first) + 1u - p.window);
     }
 
     let tx = lid & 15u;
@@ -267,7 +272,8 @@ fn main(
             let t = r / p.group;
             let h = kvh * p.group + r - t * p.group;
             let l = l_sh[rr];
-            // No visible key (a position before 0): zeros, like the reference.
+            // No visible key (a row before 0 or before start): zeros, like
+            // the reference.
             let inv = select(0.0, 1.0 / l, l > 0.0);
             for (var c = 0u; c < DV; c++) {
                 let d = 4u * (tx + 16u * c);

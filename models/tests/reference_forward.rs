@@ -42,7 +42,7 @@ fn tokens(vocab: usize, n: usize) -> Vec<u32> {
 fn kiln_logits(file: &GgufFile, device: &Device, tokens: &[u32]) -> (LlamaConfig, Vec<Vec<f32>>) {
     let config = LlamaConfig::from_metadata(file.metadata()).expect("config");
     let weights = LlamaWeights::load(&file.weights(), &config, device).expect("weights");
-    let caches = Caches::new(&config, CTX, device).expect("caches");
+    let caches = Caches::new(&config, CTX, 1, device).expect("caches");
     let executor = device.executor();
     let mut rows = Vec::new();
     let mut pos = 0;
@@ -50,7 +50,7 @@ fn kiln_logits(file: &GgufFile, device: &Device, tokens: &[u32]) -> (LlamaConfig
         let fwd =
             ForwardGraph::build(&config, &weights, &caches, n, LogitsMode::All).expect("builds");
         let mut plan = executor.compile(&fwd.graph).expect("compiles");
-        let inputs = ForwardInputs::new(&tokens[pos..pos + n], pos).expect("inputs");
+        let inputs = ForwardInputs::new(&tokens[pos..pos + n], 0, pos).expect("inputs");
         let out = plan.run(&fwd.feeds(&inputs)).expect("runs");
         let logits = out[0].to_f32().expect("f32");
         rows.extend(logits.chunks(weights.vocab_size()).map(<[f32]>::to_vec));

@@ -118,6 +118,7 @@ pub fn run(args: Args) -> Result<()> {
     let options = ModelOptions {
         ctx: args.n_prompt.max(args.n_gen).max(1),
         f16_prefill: args.device.f16_prefill,
+        ..ModelOptions::default()
     };
     let (mut model, info) = match args.synthetic {
         Some(spec) => load_synthetic(spec, &device, options)?,

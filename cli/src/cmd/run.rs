@@ -136,6 +136,7 @@ pub fn load_model(model: Option<PathBuf>, device: &DeviceArg, ctx: usize) -> Res
     let options = ModelOptions {
         ctx,
         f16_prefill: device.f16_prefill,
+        ..ModelOptions::default()
     };
     let path = model_path(model)?;
     let device = device.open()?;
@@ -177,6 +178,7 @@ pub fn run(args: Args) -> Result<()> {
         },
         stop: args.stop,
         ignore_eos: args.ignore_eos,
+        ..GenerateOptions::default()
     };
     let device_name = model.device_name();
     let mut out = std::io::stdout().lock();

@@ -23,23 +23,35 @@ use crate::llama::config::LlamaConfig;
 use crate::llama::weights::LlamaWeights;
 
 /// The key and value caches, one pair per layer, resident on the device
-/// for the whole session: `[ctx, n_head_kv, head_dim]` F32 each.
+/// for the whole session: `[slots * ctx, n_head_kv, head_dim]` F32 each.
+/// Sequence `s` owns rows `s * ctx .. (s + 1) * ctx` (its slot); the
+/// kernels see one cache and per-query key ranges.
 #[derive(Clone, Debug)]
 pub struct Caches {
+    /// Positions each slot holds.
     pub ctx: usize,
+    /// Sequences the cache holds at once.
+    pub slots: usize,
     pub k: Vec<DeviceTensor>,
     pub v: Vec<DeviceTensor>,
 }
 
 impl Caches {
-    /// Zeroed caches for `ctx` positions. An absurd `ctx` is an error, not
-    /// an abort: the host copy is allocated fallibly (with Linux's default
-    /// overcommit, a request beyond RAM + swap fails there).
-    pub fn new(config: &LlamaConfig, ctx: usize, device: &Device) -> Result<Caches, ModelError> {
-        let shape = [ctx, config.n_head_kv, config.head_dim];
+    /// Zeroed caches for `slots` sequences of `ctx` positions. An absurd
+    /// size is an error, not an abort: the host copy is allocated fallibly
+    /// (with Linux's default overcommit, a request beyond RAM + swap fails
+    /// there).
+    pub fn new(
+        config: &LlamaConfig,
+        ctx: usize,
+        slots: usize,
+        device: &Device,
+    ) -> Result<Caches, ModelError> {
+        let rows = ctx.saturating_mul(slots);
+        let shape = [rows, config.n_head_kv, config.head_dim];
         let too_big = || ModelError::Alloc {
             what: format!(
-                "a {ctx}-position KV cache ({} layers × 2 × {shape:?} F32)",
+                "a KV cache of {slots} × {ctx} positions ({} layers × 2 × {shape:?} F32)",
                 config.n_layer
             ),
             bytes: 8 * config.n_layer as u128 * shape.iter().map(|&d| d as u128).product::<u128>(),
@@ -70,7 +82,12 @@ impl Caches {
         let v = (0..config.n_layer)
             .map(|i| upload(i, "v"))
             .collect::<Result<_, _>>()?;
-        Ok(Caches { ctx, k, v })
+        Ok(Caches { ctx, slots, k, v })
+    }
+
+    /// Rows of each cache tensor: every slot's positions.
+    pub fn rows(&self) -> usize {
+        self.ctx * self.slots
     }
 }
 
@@ -84,6 +101,10 @@ pub struct GraphOptions {
     /// Prefill products through f16 cooperative matrices where the device
     /// has them (x and W rounded to f16); f32 tiles otherwise.
     pub f16_prefill: bool,
+    /// The T rows are T independent sequences, one token each (a batched
+    /// decode step): each row reads and writes its own cache slot, and
+    /// attention runs per row at any T.
+    pub batched: bool,
 }
 
 /// Which positions' logits a forward returns.
@@ -101,20 +122,22 @@ pub struct ForwardGraph {
     pub graph: Graph,
     /// I32 `[T]`: token ids.
     pub tokens: TensorId,
-    /// I32 `[T]`: each token's position (rope).
+    /// I32 `[T]`: each token's position in its sequence (rope).
     pub positions: TensorId,
-    /// I32 `[1]`: the first token's position (cache rows, causal mask).
-    pub pos: TensorId,
+    /// I32 `[1, 2]`, or `[T, 2]` when batched: (first cache row of the
+    /// sequence, cache row of its first token here), which rows the new
+    /// keys land on and which keys each query sees.
+    pub seq: TensorId,
     /// F32 `[1, vocab]` or `[T, vocab]`.
     pub logits: TensorId,
     pub n_tokens: usize,
 }
 
-/// The three inputs of a forward over `tokens` starting at position `pos`.
+/// The three inputs of a forward.
 pub struct ForwardInputs {
     pub tokens: CpuTensor,
     pub positions: CpuTensor,
-    pub pos: CpuTensor,
+    pub seq: CpuTensor,
 }
 
 fn i32_tensor(values: &[i32]) -> Result<CpuTensor, ModelError> {
@@ -127,27 +150,75 @@ fn i32_tensor(values: &[i32]) -> Result<CpuTensor, ModelError> {
     })
 }
 
+fn i32_of(v: usize, what: &str) -> Result<i32, ModelError> {
+    i32::try_from(v).map_err(|_| ModelError::BadValue {
+        key: what.into(),
+        why: "does not fit in an i32".into(),
+    })
+}
+
 impl ForwardInputs {
-    /// Ids and positions as I32 tensors. The caller has checked that ids are
-    /// in the vocabulary and that `pos + tokens.len()` fits the cache; here
-    /// only the I32 range is checked.
-    pub fn new(tokens: &[u32], pos: usize) -> Result<ForwardInputs, ModelError> {
-        let too_big = |what: &str| ModelError::BadValue {
-            key: what.into(),
-            why: "does not fit in an i32".into(),
-        };
+    /// One sequence: `tokens` at positions `pos..` of the sequence whose
+    /// slot starts at cache row `start`. The caller has checked that ids
+    /// are in the vocabulary and that the tokens fit the slot; here only
+    /// the I32 range is checked.
+    pub fn new(tokens: &[u32], start: usize, pos: usize) -> Result<ForwardInputs, ModelError> {
         let ids = tokens
             .iter()
-            .map(|&t| i32::try_from(t).map_err(|_| too_big("token id")))
+            .map(|&t| i32_of(t as usize, "token id"))
             .collect::<Result<Vec<_>, _>>()?;
-        let first = i32::try_from(pos).map_err(|_| too_big("position"))?;
         let positions = (0..tokens.len())
-            .map(|t| i32::try_from(pos + t).map_err(|_| too_big("position")))
+            .map(|t| i32_of(pos + t, "position"))
             .collect::<Result<Vec<_>, _>>()?;
+        let seq = [
+            i32_of(start, "cache row")?,
+            i32_of(start + pos, "cache row")?,
+        ];
         Ok(ForwardInputs {
             tokens: i32_tensor(&ids)?,
             positions: i32_tensor(&positions)?,
-            pos: i32_tensor(&[first])?,
+            seq: i32_tensor(&seq)?
+                .reshape([1, 2])
+                .map_err(|source| ModelError::TensorData {
+                    name: "inputs".into(),
+                    desc: TensorDesc::new(DType::I32, [1, 2]),
+                    source,
+                })?,
+        })
+    }
+
+    /// A batched decode step: row `i` runs `token` at position `pos` of
+    /// the sequence whose slot starts at cache row `start`; `None` is a
+    /// padding row, which writes no cache row and sees no key.
+    pub fn batch(rows: &[Option<(usize, u32, usize)>]) -> Result<ForwardInputs, ModelError> {
+        let (mut ids, mut positions, mut seq) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            let (id, p, s) = match *row {
+                Some((start, token, pos)) => (
+                    i32_of(token as usize, "token id")?,
+                    i32_of(pos, "position")?,
+                    [
+                        i32_of(start, "cache row")?,
+                        i32_of(start + pos, "cache row")?,
+                    ],
+                ),
+                None => (0, 0, [0, -1]),
+            };
+            ids.push(id);
+            positions.push(p);
+            seq.extend(s);
+        }
+        let n = rows.len();
+        Ok(ForwardInputs {
+            tokens: i32_tensor(&ids)?,
+            positions: i32_tensor(&positions)?,
+            seq: i32_tensor(&seq)?
+                .reshape([n, 2])
+                .map_err(|source| ModelError::TensorData {
+                    name: "inputs".into(),
+                    desc: TensorDesc::new(DType::I32, [n, 2]),
+                    source,
+                })?,
         })
     }
 }
@@ -166,6 +237,7 @@ impl ForwardGraph {
         let options = GraphOptions {
             split_attention: true,
             f16_prefill: false,
+            batched: false,
         };
         Self::build_with(config, weights, caches, n_tokens, mode, options)
     }
@@ -191,7 +263,8 @@ impl ForwardGraph {
         let mut g = Graph::new();
         let tokens = g.input("tokens", TensorDesc::new(DType::I32, [t]));
         let positions = g.input("positions", TensorDesc::new(DType::I32, [t]));
-        let pos = g.input("pos", TensorDesc::new(DType::I32, [1]));
+        let seq_rows = if options.batched { t } else { 1 };
+        let seq = g.input("seq", TensorDesc::new(DType::I32, [seq_rows, 2]));
         let norm = RmsNorm::new(c.rms_eps);
         let rope = Rope {
             mode: c.rope.mode,
@@ -210,6 +283,10 @@ impl ForwardGraph {
         // dispatches in 7 dependent steps instead of 18 (each dependent
         // dispatch costs ~3 us on a big GPU: what bounds small models).
         let fused = t <= MAX_MR as usize;
+        // Decode attention (per query) for decode-sized steps and for
+        // batches of independent sequences at any size; flash attention
+        // (tiles of consecutive queries) for prompts.
+        let per_query = fused || options.batched;
         let mv = |prologue, residual| QMatVec::new(prologue, residual);
         let normed = Prologue::Norm { eps: c.rms_eps };
 
@@ -263,21 +340,22 @@ impl ForwardGraph {
             let k = g.op(name("k_rope"), rope, &[k, positions])?; // [T, n_head_kv, head_dim]
             let kc = g.resident(name("cache_k"), kc);
             let vc = g.resident(name("cache_v"), vc);
-            let append = KvAppend::new(caches.ctx, DType::F32);
-            let kc = g.write_into(name("cache_k_append"), append, &[k, pos], kc)?; // [ctx, n_head_kv, head_dim]
-            let vc = g.write_into(name("cache_v_append"), append, &[v, pos], vc)?;
-            let a = if fused && !split_attention {
-                g.op(name("attn"), Attention::new(attn_cfg), &[q, kc, vc, pos])?
-            } else if fused {
-                // Key chunks in parallel, then their softmax-weighted sum.
-                let parts = AttentionPartials::new(attn_cfg);
-                let part = g.op(name("attn_part"), parts, &[q, kc, vc, pos])?;
+            let append = KvAppend::new(caches.rows(), DType::F32);
+            let kc = g.write_into(name("cache_k_append"), append, &[k, seq], kc)?; // [rows, n_head_kv, head_dim]
+            let vc = g.write_into(name("cache_v_append"), append, &[v, seq], vc)?;
+            let a = if per_query && !split_attention {
+                g.op(name("attn"), Attention::new(attn_cfg), &[q, kc, vc, seq])?
+            } else if per_query {
+                // Key chunks of one slot in parallel, then their
+                // softmax-weighted sum.
+                let parts = AttentionPartials::new(attn_cfg).max_len(caches.ctx);
+                let part = g.op(name("attn_part"), parts, &[q, kc, vc, seq])?;
                 g.op(name("attn"), AttentionCombine, &[part])?
             } else {
                 g.op(
                     name("attn"),
                     FlashAttention::new(attn_cfg),
-                    &[q, kc, vc, pos],
+                    &[q, kc, vc, seq],
                 )?
             }; // [T, n_head, head_dim]
             let a = g.reshape(a, [t, c.q_dim()])?;
@@ -346,7 +424,7 @@ impl ForwardGraph {
             graph: g,
             tokens,
             positions,
-            pos,
+            seq,
             logits,
             n_tokens: t,
         })
@@ -357,7 +435,7 @@ impl ForwardGraph {
         [
             (self.tokens, &inputs.tokens),
             (self.positions, &inputs.positions),
-            (self.pos, &inputs.pos),
+            (self.seq, &inputs.seq),
         ]
     }
 }

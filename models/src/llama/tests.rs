@@ -156,7 +156,7 @@ fn run(
 ) -> Vec<f32> {
     let fwd = ForwardGraph::build(&m.0, &m.1, caches, tokens.len(), mode).expect("builds");
     let mut plan = device.executor().compile(&fwd.graph).expect("compiles");
-    let inputs = ForwardInputs::new(tokens, pos).expect("inputs");
+    let inputs = ForwardInputs::new(tokens, 0, pos).expect("inputs");
     let out = plan.run(&fwd.feeds(&inputs)).expect("runs");
     out[0].as_f32().expect("f32").to_vec()
 }
@@ -233,7 +233,7 @@ fn prefill_then_decode_equals_one_prefill_on_every_device() {
         let mut per_device = Vec::new();
         for device in devices("tiny llama forward") {
             let m = load(&file, &device).expect("loads");
-            let caches = Caches::new(&m.0, CTX, &device).expect("caches");
+            let caches = Caches::new(&m.0, CTX, 1, &device).expect("caches");
             let whole = run(&device, &m, &caches, &tokens, 0, LogitsMode::Last);
             let all = run(&device, &m, &caches, &tokens, 0, LogitsMode::All);
             assert_eq!(all.len(), tokens.len() * VOCAB);
