@@ -54,6 +54,7 @@ fn options(sampler: SamplerConfig) -> GenerateOptions {
         sampler,
         stop: vec!["</s>".into()],
         ignore_eos: true,
+        ..GenerateOptions::default()
     }
 }
 

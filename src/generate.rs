@@ -8,7 +8,7 @@ use std::time::Instant;
 use kiln_loaders::{DecodeOptions, StreamDecoder, Tokenizer};
 
 use crate::model::{Error, LanguageModel, Model};
-use crate::sampler::{Sampler, SamplerConfig};
+use crate::sampler::{top_logprobs, Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
 
 /// What to generate.
@@ -21,6 +21,9 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Keep going through end-of-generation tokens (benchmarks, references).
     pub ignore_eos: bool,
+    /// Most likely alternatives reported with each token
+    /// ([`StreamToken::top`]); 0: none.
+    pub top_logprobs: usize,
 }
 
 impl Default for GenerateOptions {
@@ -30,6 +33,7 @@ impl Default for GenerateOptions {
             sampler: SamplerConfig::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            top_logprobs: 0,
         }
     }
 }
@@ -44,6 +48,10 @@ pub struct StreamToken {
     pub text: String,
     /// ln p(id) under the model's distribution.
     pub logprob: f32,
+    /// The [`GenerateOptions::top_logprobs`] most likely tokens at this
+    /// step with their ln p under the raw logits, most likely first (ties
+    /// to the lower id); empty unless asked for.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Why generation ended.
@@ -87,10 +95,12 @@ fn rate(n: usize, s: f64) -> f64 {
     }
 }
 
-/// Streams tokens: an iterator of `Result<StreamToken, Error>`. After an
-/// error or the end, it yields `None`.
-pub struct Generator<'m, M: LanguageModel + ?Sized = Model> {
-    model: &'m mut M,
+/// One sequence's generation, stepped by whoever runs the model: the
+/// [`Generator`] for a single sequence, or a scheduler that runs many
+/// sequences' steps through one batched forward. [`Sequence::pending`]
+/// says which tokens to run next and where; [`Sequence::accept`] takes that
+/// forward's last-position logits, samples and returns the token.
+pub struct Sequence {
     tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
     stop: StopMatcher,
@@ -100,7 +110,7 @@ pub struct Generator<'m, M: LanguageModel + ?Sized = Model> {
     options: GenerateOptions,
     prompt: Vec<u32>,
     /// The last token sampled, not yet run through the model.
-    last: Option<u32>,
+    last: [u32; 1],
     /// Position of the next token the model runs.
     pos: usize,
     stats: GenerationStats,
@@ -108,18 +118,17 @@ pub struct Generator<'m, M: LanguageModel + ?Sized = Model> {
     failed: bool,
 }
 
-impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
-    /// Checks the request; the prompt runs on the first `next`.
+impl Sequence {
+    /// Checks the request against a context of `ctx` positions.
     pub fn new(
-        model: &'m mut M,
         tokenizer: Arc<Tokenizer>,
         prompt: &[u32],
         options: GenerateOptions,
-    ) -> Result<Generator<'m, M>, Error> {
+        ctx: usize,
+    ) -> Result<Sequence, Error> {
         if prompt.is_empty() {
             return Err(Error::Empty);
         }
-        let ctx = model.context_length();
         let needed = prompt.len().saturating_add(options.max_tokens);
         if needed > ctx {
             return Err(Error::ContextOverflow {
@@ -135,8 +144,7 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
         let mut sampler = Sampler::new(options.sampler.clone())?;
         sampler.accept(prompt);
         let utf8 = StreamDecoder::new(tokenizer.clone(), DecodeOptions { skip_special: true });
-        Ok(Generator {
-            model,
+        Ok(Sequence {
             tokenizer,
             sampler,
             stop: StopMatcher::new(options.stop.iter().cloned()),
@@ -147,7 +155,7 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
             },
             options,
             prompt: prompt.to_vec(),
-            last: None,
+            last: [0],
             pos: 0,
             finish: None,
             failed: false,
@@ -163,30 +171,54 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
         self.finish
     }
 
-    /// Runs to the end, calling `f` with each token; returns the stats.
-    pub fn for_each_token(
-        mut self,
-        mut f: impl FnMut(&StreamToken),
-    ) -> Result<GenerationStats, Error> {
-        for token in self.by_ref() {
-            f(&token?);
-        }
-        Ok(self.stats)
+    /// Whether the prompt has run (what remains are one-token steps).
+    pub fn prefilled(&self) -> bool {
+        self.pos > 0
     }
 
-    fn step(&mut self) -> Result<StreamToken, Error> {
-        let start = Instant::now();
-        let logits = match self.last {
-            None => self.model.forward(&self.prompt, 0)?,
-            Some(id) => self.model.forward(&[id], self.pos)?,
-        };
-        self.pos += if self.last.is_none() {
-            self.prompt.len()
+    /// The tokens the model runs next and the position of the first: the
+    /// prompt at 0, then the last sampled token. `None` once ended (or
+    /// after an error).
+    pub fn pending(&self) -> Option<(&[u32], usize)> {
+        if self.failed || self.finish.is_some() || self.stats.gen_tokens >= self.options.max_tokens
+        {
+            return None;
+        }
+        Some(if self.pos == 0 {
+            (&self.prompt, 0)
         } else {
-            1
+            (&self.last, self.pos)
+        })
+    }
+
+    /// Takes the logits of the [`Sequence::pending`] forward (which took
+    /// `forward_s` seconds, counted in the stats with the sampling),
+    /// samples the next token and returns it with its text.
+    pub fn accept(&mut self, logits: &[f32], forward_s: f64) -> Result<StreamToken, Error> {
+        let r = self.sample(logits, forward_s);
+        self.failed = r.is_err();
+        r
+    }
+
+    fn sample(&mut self, logits: &[f32], forward_s: f64) -> Result<StreamToken, Error> {
+        let start = Instant::now();
+        let Some((tokens, _)) = self.pending() else {
+            return Err(Error::Empty);
         };
-        let sampled = self.sampler.sample(&logits)?;
-        self.last = Some(sampled.id);
+        let first = self.pos == 0;
+        self.pos += tokens.len();
+        let sampled = self.sampler.sample(logits)?;
+        let mut top = Vec::new();
+        if self.options.top_logprobs > 0 {
+            top = top_logprobs(logits, self.options.top_logprobs);
+            // The sampler's own value for the chosen token, which this
+            // computation matches only to ~1e-6, so a client sees one
+            // number for it.
+            for entry in top.iter_mut().filter(|e| e.0 == sampled.id) {
+                entry.1 = sampled.logprob;
+            }
+        }
+        self.last = [sampled.id];
         self.stats.gen_tokens += 1;
 
         let whole = self.utf8.push(sampled.id)?.unwrap_or_default();
@@ -209,8 +241,8 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
             text.push_str(&self.stop.push(&tail).text);
             text.push_str(&self.stop.flush());
         }
-        let elapsed = start.elapsed().as_secs_f64();
-        if self.stats.gen_tokens == 1 {
+        let elapsed = forward_s + start.elapsed().as_secs_f64();
+        if first {
             self.stats.prefill_s += elapsed;
         } else {
             self.stats.decode_s += elapsed;
@@ -219,7 +251,48 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
             id: sampled.id,
             text,
             logprob: sampled.logprob,
+            top,
         })
+    }
+}
+
+/// Streams tokens: an iterator of `Result<StreamToken, Error>`. After an
+/// error or the end, it yields `None`.
+pub struct Generator<'m, M: LanguageModel + ?Sized = Model> {
+    model: &'m mut M,
+    seq: Sequence,
+}
+
+impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
+    /// Checks the request; the prompt runs on the first `next`.
+    pub fn new(
+        model: &'m mut M,
+        tokenizer: Arc<Tokenizer>,
+        prompt: &[u32],
+        options: GenerateOptions,
+    ) -> Result<Generator<'m, M>, Error> {
+        let seq = Sequence::new(tokenizer, prompt, options, model.context_length())?;
+        Ok(Generator { model, seq })
+    }
+
+    pub fn stats(&self) -> GenerationStats {
+        self.seq.stats()
+    }
+
+    /// Why it ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.seq.finish_reason()
+    }
+
+    /// Runs to the end, calling `f` with each token; returns the stats.
+    pub fn for_each_token(
+        mut self,
+        mut f: impl FnMut(&StreamToken),
+    ) -> Result<GenerationStats, Error> {
+        for token in self.by_ref() {
+            f(&token?);
+        }
+        Ok(self.stats())
     }
 }
 
@@ -227,13 +300,16 @@ impl<M: LanguageModel + ?Sized> Iterator for Generator<'_, M> {
     type Item = Result<StreamToken, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.finish.is_some() || self.stats.gen_tokens >= self.options.max_tokens
-        {
-            return None;
-        }
-        let r = self.step();
-        self.failed = r.is_err();
-        Some(r)
+        let (tokens, pos) = self.seq.pending()?;
+        let start = Instant::now();
+        let logits = match self.model.forward(tokens, pos) {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.seq.failed = true;
+                return Some(Err(e));
+            }
+        };
+        Some(self.seq.accept(&logits, start.elapsed().as_secs_f64()))
     }
 }
 

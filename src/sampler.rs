@@ -335,6 +335,33 @@ fn exp_nonpos(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
+/// The `n` most likely tokens with their log-probabilities (log-softmax of
+/// the raw logits), most likely first; ties go to the lower id.
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits
+        .iter()
+        .map(|&l| f64::from(l - max).exp())
+        .sum::<f64>()
+        .ln();
+    let order = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    ids.select_nth_unstable_by(n - 1, order);
+    ids.truncate(n);
+    ids.sort_by(order);
+    ids.into_iter()
+        .map(|id| (id, (f64::from(logits[id as usize] - max) - log_sum) as f32))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,5 +470,20 @@ mod tests {
         assert!(Sampler::new(cfg(|c| c.repeat_penalty = 0.0)).is_err());
         let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
         assert_eq!(s.sample(&[]), Err(SamplerError::Empty));
+    }
+
+    #[test]
+    fn top_logprobs_are_sorted_normalised_log_probabilities() {
+        let logits = [1.0, 3.0, 2.0, 3.0, -1.0];
+        let top = top_logprobs(&logits, 3);
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2]);
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        for (id, lp) in top {
+            let want = (f64::from(logits[id as usize]).exp() / z).ln();
+            assert!((f64::from(lp) - want).abs() < 1e-6, "{id}: {lp} vs {want}");
+        }
+        assert_eq!(top_logprobs(&logits, 0), []);
+        assert_eq!(top_logprobs(&logits, 9).len(), 5);
     }
 }

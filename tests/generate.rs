@@ -48,6 +48,7 @@ fn options(max_tokens: usize, stop: &[&str], ignore_eos: bool) -> GenerateOption
         sampler: SamplerConfig::greedy(),
         stop: stop.iter().map(|s| s.to_string()).collect(),
         ignore_eos,
+        ..GenerateOptions::default()
     }
 }
 

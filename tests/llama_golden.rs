@@ -149,6 +149,7 @@ fn greedy_tokens_match_exact_reference_on_every_device() {
                 sampler: SamplerConfig::greedy(),
                 stop: Vec::new(),
                 ignore_eos: true,
+                ..GenerateOptions::default()
             };
             let got: Vec<u32> = model
                 .generate(&prompt, options)

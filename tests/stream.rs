@@ -49,6 +49,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
         sampler: SamplerConfig::greedy(),
         stop: Vec::new(),
         ignore_eos: true,
+        ..GenerateOptions::default()
     }
 }
 

@@ -33,6 +33,11 @@ impl Outcome {
     }
 }
 
+/// Upper bounds (seconds) of the time-to-first-token histogram's buckets.
+const TTFT_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 #[derive(Default)]
 pub struct Metrics {
     /// Requests queued for a model, not yet picked up by its worker.
@@ -45,9 +50,15 @@ pub struct Metrics {
     completion_tokens: AtomicU64,
     prefill_us: AtomicU64,
     decode_us: AtomicU64,
+    /// Batched decode forwards, and the sequences they carried.
+    decode_steps: AtomicU64,
+    decode_rows: AtomicU64,
     /// Wall time of finished generations, for `Retry-After`.
     generation_us: AtomicU64,
     generations: Mutex<BTreeMap<Outcome, u64>>,
+    /// Time to first token: a count per [`TTFT_BUCKETS`] bound (not
+    /// cumulative), then the count and sum of every observation.
+    ttft: Mutex<([u64; TTFT_BUCKETS.len()], u64, f64)>,
     /// (route, status) → (count, seconds to the response head).
     http: Mutex<BTreeMap<(String, u16), (u64, f64)>>,
 }
@@ -80,6 +91,23 @@ impl Metrics {
         add(&self.prefill_us, (stats.prefill_s * 1e6) as u64);
         add(&self.decode_us, (stats.decode_s * 1e6) as u64);
         add(&self.generation_us, wall.as_micros() as u64);
+    }
+
+    /// A batched decode forward over `rows` sequences.
+    pub fn decode_step(&self, rows: usize) {
+        self.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.decode_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    /// A request's first token, `wait` after it was queued.
+    pub fn first_token(&self, wait: Duration) {
+        let s = wait.as_secs_f64();
+        let mut h = lock(&self.ttft);
+        if let Some(i) = TTFT_BUCKETS.iter().position(|&b| s <= b) {
+            h.0[i] += 1;
+        }
+        h.1 += 1;
+        h.2 += s;
     }
 
     /// Counts an ending without a generation (dropped while queued).
@@ -154,6 +182,18 @@ impl Metrics {
             secs(&self.decode_us),
         );
 
+        counter(
+            &mut out,
+            "kiln_decode_steps_total",
+            "Batched decode forwards run.",
+            load_u(&self.decode_steps),
+        );
+        counter(
+            &mut out,
+            "kiln_decode_rows_total",
+            "Sequence-steps those forwards carried (rows / steps = mean batch).",
+            load_u(&self.decode_rows),
+        );
         header(
             &mut out,
             "kiln_generations_total",
@@ -167,6 +207,27 @@ impl Metrics {
                 outcome.label()
             );
         }
+        header(
+            &mut out,
+            "kiln_time_to_first_token_seconds",
+            "histogram",
+            "Seconds from a request's arrival (queue wait included) to its first token.",
+        );
+        let (buckets, n, sum) = *lock(&self.ttft);
+        let mut cumulative = 0;
+        for (bound, count) in TTFT_BUCKETS.iter().zip(buckets) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "kiln_time_to_first_token_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "kiln_time_to_first_token_seconds_bucket{{le=\"+Inf\"}} {n}"
+        );
+        let _ = writeln!(out, "kiln_time_to_first_token_seconds_sum {sum}");
+        let _ = writeln!(out, "kiln_time_to_first_token_seconds_count {n}");
         let http = lock(&self.http);
         header(
             &mut out,

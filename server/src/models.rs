@@ -184,19 +184,15 @@ impl ServedModel {
     }
 
     /// Token ids of a conversation through the chat template, ending with
-    /// the assistant's turn. The template writes BOS itself.
+    /// the assistant's turn. The template writes BOS itself; control-token
+    /// text inside messages stays literal text (`ChatTemplate::encode`).
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>, ApiError> {
         let template = self.chat.as_ref().map_err(|e| {
             ApiError::internal(format!("the model's chat template could not be used: {e}"))
         })?;
-        let text = template
-            .render(messages, true)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let encode = EncodeOptions {
-            add_special: false,
-            parse_special: true,
-        };
-        self.encode(&text, encode)
+        template
+            .encode(&self.tokenizer, messages, true)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     /// Token ids of plain text, with BOS where the model wants one.

@@ -61,6 +61,7 @@ impl Options {
             repeat_last_n: self.repeat_last_n,
             seed: self.seed,
             stop: self.stop.map(Stop::Many),
+            ignore_eos: None,
         };
         (max_tokens, sampling)
     }

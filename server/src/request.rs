@@ -68,6 +68,9 @@ pub struct Sampling {
     /// A negative seed means a random one (llama.cpp's -1).
     pub seed: Option<i64>,
     pub stop: Option<Stop>,
+    /// Keep generating through end-of-generation tokens (llama-server's
+    /// extension; benchmarks and load tests).
+    pub ignore_eos: Option<bool>,
 }
 
 impl Sampling {
@@ -153,10 +156,10 @@ impl Plan {
                 max_tokens,
                 sampler: self.sampling.sampler(ctx)?,
                 stop: self.sampling.stops()?,
-                ignore_eos: false,
+                ignore_eos: self.sampling.ignore_eos.unwrap_or(false),
+                top_logprobs: self.top_logprobs,
             },
             prompt: self.prompt,
-            top_logprobs: self.top_logprobs,
             timeout: state.config.request_timeout,
         })
     }

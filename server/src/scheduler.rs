@@ -1,31 +1,33 @@
-//! The scheduler: one worker thread owns a model and serves the requests a
-//! bounded queue hands it, one at a time, streaming each token back over
-//! the request's own channel.
+//! The scheduler: one worker thread owns a model and runs every admitted
+//! request through it by continuous batching, streaming each token back
+//! over the request's own channel.
 //!
-//! Admission is a semaphore of `parallel + queue` slots taken before a job
-//! is queued and given back when the worker is done with it, so a full
+//! The worker loops over steps. At each step it admits queued requests
+//! into free KV-cache slots (up to `parallel` sequences), runs the prompt
+//! of each newcomer, then one batched decode forward for every sequence
+//! that has a token to run: requests join and leave the batch at token
+//! boundaries, each with its own slot, sampler and stop strings.
+//!
+//! Admission is a semaphore of `parallel + queue` permits taken before a
+//! job is queued and given back when the worker is done with it, so a full
 //! server answers 429 at once rather than letting waiters pile up. The
 //! request side ([`Generation`]) owns the receiving end: dropping it (the
-//! client went away) makes the worker's next send fail, and the worker
-//! stops at that token boundary; a job whose client left while it waited
-//! is skipped without running.
-//!
-//! This is the seam continuous batching will replace: [`Scheduler::submit`]
-//! and the [`Event`] stream stay, the worker's one-job loop becomes a step
-//! loop over every admitted sequence.
+//! client went away) closes the channel, and the worker frees that
+//! sequence's slot at the next step. A slow client does not hold the
+//! batch up: when its channel is full its sequence sits out steps until
+//! the client catches up (or its deadline passes).
 
-use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{self as std_mpsc, SyncSender, TrySendError};
+use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use kiln::{
-    Error, FinishReason, GenerateOptions, GenerationStats, Generator, LanguageModel, Model,
-};
-use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use kiln::{BatchRow, FinishReason, GenerateOptions, GenerationStats, Model, Sequence};
+use rayon::prelude::*;
+use tokio::sync::mpsc::{self, error::TrySendError as EventSendError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome};
@@ -33,8 +35,8 @@ use crate::metrics::{Metrics, Outcome};
 /// How many requests a model takes at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedulerOptions {
-    /// Sequences served together. Until continuous batching lands they run
-    /// one after another, so this only adds queue slots.
+    /// Sequences decoded together in one batch, each in its own KV-cache
+    /// slot (capped by the slots the model was loaded with).
     pub parallel: usize,
     /// Requests that may wait beyond those; one more is refused with 429.
     /// `parallel + queue` is capped at [`MAX_ADMITTED`].
@@ -61,8 +63,6 @@ pub struct Job {
     /// Token ids, already checked to fit the context with `max_tokens`.
     pub prompt: Vec<u32>,
     pub options: GenerateOptions,
-    /// Most likely alternatives to report with each token (0: none).
-    pub top_logprobs: usize,
     /// Queue wait plus generation; past it the request ends with 504.
     pub timeout: Duration,
 }
@@ -105,6 +105,7 @@ const EVENT_BUFFER: usize = 32;
 struct Queued {
     job: Job,
     deadline: Instant,
+    queued_at: Instant,
     events: mpsc::Sender<Event>,
     /// Held until the worker is done with the job.
     _slot: OwnedSemaphorePermit,
@@ -128,20 +129,19 @@ impl Scheduler {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Scheduler> {
         let name = name.into();
-        let capacity = options
+        let parallel = options
             .parallel
+            .clamp(1, model.slots().min(kiln::MAX_BATCH));
+        let capacity = parallel
             .saturating_add(options.queue)
             .clamp(1, MAX_ADMITTED);
         let (jobs, queue) = std_mpsc::sync_channel(capacity);
-        // The worker's own timer, for sends that wait on a slow client.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()?;
         let worker = Worker {
             model,
             metrics: metrics.clone(),
-            rt,
             name: name.clone(),
+            free: (0..parallel).rev().collect(),
+            active: Vec::new(),
         };
         std::thread::Builder::new()
             .name(format!("kiln-worker {name}"))
@@ -171,6 +171,7 @@ impl Scheduler {
         let queued = Queued {
             job,
             deadline,
+            queued_at: now,
             events,
             _slot: slot,
         };
@@ -266,56 +267,338 @@ impl Generation {
     }
 }
 
+/// The worker: owns the model and every admitted sequence.
 struct Worker {
     model: Model,
     metrics: Arc<Metrics>,
-    rt: Runtime,
+    /// The model's name, for the logs.
     name: String,
+    /// KV-cache slots no sequence holds.
+    free: Vec<usize>,
+    active: Vec<Active>,
 }
 
+/// An admitted request: its sequence, its cache slot and its channel.
+struct Active {
+    id: String,
+    slot: usize,
+    seq: Sequence,
+    events: mpsc::Sender<Event>,
+    deadline: Instant,
+    timeout: Duration,
+    /// When the request was queued (time to first token counts from here).
+    queued_at: Instant,
+    /// When the worker took it up (its wall time counts from here).
+    started: Instant,
+    /// Events the client's channel had no room for yet, oldest first. The
+    /// sequence runs no step while any wait.
+    outbox: VecDeque<Event>,
+    /// Set once the sequence has ended; it leaves when its outbox is
+    /// delivered (at once when the client is gone or too late).
+    ended: Option<Outcome>,
+    /// Held until the sequence leaves.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Active {
+    /// Whether it has a token for the next forward.
+    fn ready(&self) -> bool {
+        self.ended.is_none() && self.outbox.is_empty() && self.seq.pending().is_some()
+    }
+
+    /// Queues the outcome of a forward for this sequence: its token, and
+    /// the end when that was the last one.
+    fn take(&mut self, token: Result<kiln::StreamToken, kiln::Error>) {
+        match token {
+            Ok(t) => {
+                self.outbox.push_back(Event::Token(Token {
+                    id: t.id,
+                    text: t.text,
+                    logprob: t.logprob,
+                    top: t.top,
+                }));
+                if let Some(reason) = self.seq.finish_reason() {
+                    self.end_with(reason);
+                }
+            }
+            Err(e) => self.fail(Outcome::Error, e.into()),
+        }
+    }
+
+    /// Ends normally: `Done` after the tokens still in the outbox.
+    fn end_with(&mut self, reason: FinishReason) {
+        let stats = self.seq.stats();
+        self.outbox.push_back(Event::Done { reason, stats });
+        self.ended = Some(match reason {
+            FinishReason::Length => Outcome::Length,
+            FinishReason::Eog | FinishReason::Stop => Outcome::Stop,
+        });
+    }
+
+    /// Ends with an error after the tokens already sent (a timeout drops
+    /// those still waiting: the client is out of time anyway).
+    fn fail(&mut self, outcome: Outcome, error: ApiError) {
+        if outcome == Outcome::Timeout {
+            self.outbox.clear();
+            let _ = self.events.try_send(Event::Failed(error));
+        } else {
+            self.outbox.push_back(Event::Failed(error));
+        }
+        self.ended = Some(outcome);
+    }
+
+    /// Sends what the channel has room for. A closed channel (the client
+    /// left) ends the sequence as cancelled.
+    fn deliver(&mut self) {
+        while let Some(event) = self.outbox.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(EventSendError::Full(event)) => {
+                    self.outbox.push_front(event);
+                    return;
+                }
+                Err(EventSendError::Closed(_)) => {
+                    self.outbox.clear();
+                    self.ended.get_or_insert(Outcome::Cancelled);
+                    return;
+                }
+            }
+        }
+        if self.ended.is_none() && self.events.is_closed() {
+            self.ended = Some(Outcome::Cancelled);
+        }
+    }
+}
+
+/// How long the worker waits for a new request while every sequence waits
+/// on its client.
+const IDLE_WAIT: Duration = Duration::from_millis(2);
+
 impl Worker {
-    /// Serves jobs until every sender (the [`Scheduler`]) is gone.
+    /// Steps until every sender (the [`Scheduler`]) is gone and every
+    /// sequence has ended.
     fn run(mut self, queue: std_mpsc::Receiver<Queued>) {
-        for queued in queue {
-            self.metrics.dequeued();
-            let Queued {
-                job,
-                deadline,
-                events,
-                _slot,
-            } = queued;
-            if events.is_closed() {
-                tracing::info!(model = %self.name, request = %job.id, "client left while queued");
-                self.metrics.ended(Outcome::Cancelled);
-                continue;
+        let mut wait = None;
+        loop {
+            if !self.admit(&queue, wait) {
+                return;
             }
-            if Instant::now() >= deadline {
-                let _ = events.try_send(Event::Failed(ApiError::timeout(job.timeout)));
-                self.metrics.ended(Outcome::Timeout);
-                continue;
-            }
-            self.metrics.started();
-            let start = Instant::now();
-            // A panic in the engine fails this request, not the server.
-            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.generate(&job, deadline, &events)
-            }));
-            let (outcome, stats) = ran.unwrap_or_else(|panic| {
+            self.expire();
+            // A panic in the engine fails the sequences in flight, not the
+            // server.
+            let stepped = std::panic::catch_unwind(AssertUnwindSafe(|| self.step()));
+            let stepped = stepped.unwrap_or_else(|panic| {
                 let why = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                tracing::error!(model = %self.name, request = %job.id, panic = %why, "generation panicked");
-                let error = ApiError::internal(format!("the engine panicked: {why}"));
-                let _ = events.try_send(Event::Failed(error));
-                (Outcome::Error, GenerationStats::default())
+                tracing::error!(model = %self.name, panic = %why, "step panicked");
+                for a in self.active.iter_mut().filter(|a| a.ended.is_none()) {
+                    let error = ApiError::internal(format!("the engine panicked: {why}"));
+                    a.fail(Outcome::Error, error);
+                }
+                true
             });
-            let wall = start.elapsed();
+            self.retire();
+            wait = (!stepped).then_some(IDLE_WAIT);
+        }
+    }
+
+    /// Takes queued jobs into free slots: blocks while nothing is active,
+    /// waits up to `wait` for the first one otherwise. False once the
+    /// scheduler is gone and nothing is left to do.
+    fn admit(&mut self, queue: &std_mpsc::Receiver<Queued>, mut wait: Option<Duration>) -> bool {
+        while !self.free.is_empty() {
+            let next = if self.active.is_empty() {
+                queue.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else if let Some(w) = wait.take() {
+                queue.recv_timeout(w)
+            } else {
+                queue.try_recv().map_err(|e| match e {
+                    std_mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    std_mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
+            };
+            match next {
+                Ok(queued) => self.start(queued),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return !self.active.is_empty(),
+            }
+        }
+        if let Some(w) = wait {
+            // Every slot is taken and every sequence waits on its client.
+            std::thread::sleep(w);
+        }
+        true
+    }
+
+    /// Admits one job into a free slot, or ends it at once when its
+    /// client left, its deadline passed or the request is invalid.
+    fn start(&mut self, queued: Queued) {
+        self.metrics.dequeued();
+        let Queued {
+            job,
+            deadline,
+            queued_at,
+            events,
+            _slot: permit,
+        } = queued;
+        if events.is_closed() {
+            tracing::info!(model = %self.name, request = %job.id, "client left while queued");
+            self.metrics.ended(Outcome::Cancelled);
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = events.try_send(Event::Failed(ApiError::timeout(job.timeout)));
+            self.metrics.ended(Outcome::Timeout);
+            return;
+        }
+        let tokenizer = self.model.tokenizer().clone();
+        let ctx = self.model.context_length();
+        let seq = match Sequence::new(tokenizer, &job.prompt, job.options, ctx) {
+            Ok(seq) => seq,
+            Err(e) => {
+                let _ = events.try_send(Event::Failed(e.into()));
+                self.metrics.ended(Outcome::Error);
+                return;
+            }
+        };
+        let Some(slot) = self.free.pop() else {
+            // `admit` only starts jobs while a slot is free.
+            let _ = events.try_send(Event::Failed(ApiError::internal("no free slot")));
+            self.metrics.ended(Outcome::Error);
+            return;
+        };
+        self.metrics.started();
+        tracing::debug!(model = %self.name, request = %job.id, slot, "admitted");
+        self.active.push(Active {
+            id: job.id,
+            slot,
+            seq,
+            events,
+            deadline,
+            timeout: job.timeout,
+            queued_at,
+            started: Instant::now(),
+            outbox: VecDeque::new(),
+            ended: None,
+            _permit: permit,
+        });
+    }
+
+    /// Fails the sequences whose deadline has passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        for a in self.active.iter_mut() {
+            a.deliver();
+            if a.ended.is_none() && now >= a.deadline {
+                let error = ApiError::timeout(a.timeout);
+                a.fail(Outcome::Timeout, error);
+            }
+        }
+    }
+
+    /// Runs the prompts of the sequences just admitted, then one batched
+    /// decode forward over every sequence with a token to run. False when
+    /// no sequence could run (all wait on their clients).
+    fn step(&mut self) -> bool {
+        let mut ran = false;
+        let vocab = self.model.vocab_size();
+        // Newcomers' prompts, one forward each.
+        for a in self.active.iter_mut() {
+            if a.seq.prefilled() || !a.ready() {
+                continue;
+            }
+            let Some((prompt, pos)) = a.seq.pending() else {
+                continue;
+            };
+            let start = Instant::now();
+            let token = match self.model.logits_in(a.slot, prompt, pos) {
+                Ok(logits) => a.seq.accept(&logits, start.elapsed().as_secs_f64()),
+                Err(e) => Err(e),
+            };
+            self.metrics.first_token(a.queued_at.elapsed());
+            a.take(token);
+            a.deliver();
+            ran = true;
+        }
+
+        // One decode step for every sequence past its prompt.
+        let mut rows = Vec::new();
+        let mut row_of = vec![None; self.active.len()];
+        for (i, a) in self.active.iter().enumerate() {
+            if !a.seq.prefilled() || !a.ready() {
+                continue;
+            }
+            if let Some((&[token], pos)) = a.seq.pending() {
+                row_of[i] = Some(rows.len());
+                rows.push(BatchRow {
+                    slot: a.slot,
+                    token,
+                    pos,
+                });
+            }
+        }
+        if rows.is_empty() {
+            return ran;
+        }
+        let start = Instant::now();
+        self.metrics.decode_step(rows.len());
+        match self.model.decode_batch(&rows) {
+            Ok(logits) => {
+                let forward_s = start.elapsed().as_secs_f64();
+                // Sampling (a softmax over the vocabulary each) in parallel.
+                self.active
+                    .par_iter_mut()
+                    .zip(row_of.par_iter())
+                    .for_each(|(a, row)| {
+                        if let Some(r) = *row {
+                            let logits = &logits[r * vocab..(r + 1) * vocab];
+                            let token = a.seq.accept(logits, forward_s);
+                            a.take(token);
+                        }
+                    });
+            }
+            Err(e) => {
+                tracing::error!(model = %self.name, error = %e, rows = rows.len(), "decode step failed");
+                for (a, row) in self.active.iter_mut().zip(&row_of) {
+                    if row.is_some() {
+                        a.fail(Outcome::Error, ApiError::internal(e.to_string()));
+                    }
+                }
+            }
+        }
+        for a in self.active.iter_mut() {
+            a.deliver();
+        }
+        true
+    }
+
+    /// Lets the ended sequences go: their slots are free for the next step.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let a = &mut self.active[i];
+            a.deliver();
+            let done = match a.ended {
+                Some(Outcome::Cancelled | Outcome::Timeout) => true,
+                Some(_) => a.outbox.is_empty(),
+                None => false,
+            };
+            if !done {
+                i += 1;
+                continue;
+            }
+            let a = self.active.swap_remove(i);
+            let outcome = a.ended.unwrap_or(Outcome::Error);
+            let stats = a.seq.stats();
+            let wall = a.started.elapsed();
+            self.free.push(a.slot);
             self.metrics.finished(outcome, &stats, wall);
             tracing::info!(
                 model = %self.name,
-                request = %job.id,
+                request = %a.id,
                 outcome = ?outcome,
                 prompt_tokens = stats.prompt_tokens,
                 completion_tokens = stats.gen_tokens,
@@ -325,157 +608,5 @@ impl Worker {
                 "generation ended"
             );
         }
-    }
-
-    /// Runs one job to its end; how it ended and how far it got.
-    fn generate(
-        &mut self,
-        job: &Job,
-        deadline: Instant,
-        events: &mpsc::Sender<Event>,
-    ) -> (Outcome, GenerationStats) {
-        let rt = &self.rt;
-        // Waits while the client is slow, but never past the deadline.
-        let send = |event: Event| -> Result<(), Outcome> {
-            let sent = rt.block_on(async {
-                tokio::time::timeout_at(deadline.into(), events.send(event)).await
-            });
-            match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_closed)) => Err(Outcome::Cancelled),
-                Err(_elapsed) => Err(Outcome::Timeout),
-            }
-        };
-        let tokenizer = self.model.tokenizer().clone();
-        let top = RefCell::new(Vec::new());
-        let mut tap = Tap {
-            model: &mut self.model,
-            top_n: job.top_logprobs,
-            top: &top,
-        };
-        let mut generator =
-            match Generator::new(&mut tap, tokenizer, &job.prompt, job.options.clone()) {
-                Ok(g) => g,
-                Err(e) => {
-                    let _ = send(Event::Failed(e.into()));
-                    return (Outcome::Error, GenerationStats::default());
-                }
-            };
-        loop {
-            if Instant::now() >= deadline {
-                let _ = events.try_send(Event::Failed(ApiError::timeout(job.timeout)));
-                return (Outcome::Timeout, generator.stats());
-            }
-            let Some(item) = generator.next() else { break };
-            let event = match item {
-                Ok(t) => {
-                    // The sampler's own value for the chosen token, which
-                    // this computation matches only to ~1e-6, so a client
-                    // sees one number for it.
-                    let mut top = top.take();
-                    for entry in top.iter_mut().filter(|e| e.0 == t.id) {
-                        entry.1 = t.logprob;
-                    }
-                    Event::Token(Token {
-                        id: t.id,
-                        text: t.text,
-                        logprob: t.logprob,
-                        top,
-                    })
-                }
-                Err(e) => {
-                    tracing::error!(model = %self.name, request = %job.id, error = %e, "generation failed");
-                    let _ = send(Event::Failed(e.into()));
-                    return (Outcome::Error, generator.stats());
-                }
-            };
-            if let Err(outcome) = send(event) {
-                return (outcome, generator.stats());
-            }
-        }
-        let stats = generator.stats();
-        let reason = generator.finish_reason().unwrap_or(FinishReason::Length);
-        let outcome = match reason {
-            FinishReason::Length => Outcome::Length,
-            FinishReason::Eog | FinishReason::Stop => Outcome::Stop,
-        };
-        match send(Event::Done { reason, stats }) {
-            Ok(()) => (outcome, stats),
-            Err(cancelled) => (cancelled, stats),
-        }
-    }
-}
-
-/// The model as the generator sees it, noting the most likely tokens of
-/// each step when logprobs ask for them (the generator keeps the logits to
-/// itself).
-struct Tap<'a> {
-    model: &'a mut Model,
-    top_n: usize,
-    top: &'a RefCell<Vec<(u32, f32)>>,
-}
-
-impl LanguageModel for Tap<'_> {
-    fn vocab_size(&self) -> usize {
-        self.model.vocab_size()
-    }
-
-    fn context_length(&self) -> usize {
-        self.model.context_length()
-    }
-
-    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
-        let logits = self.model.logits(tokens, pos)?;
-        if self.top_n > 0 {
-            *self.top.borrow_mut() = top_logprobs(&logits, self.top_n);
-        }
-        Ok(logits)
-    }
-}
-
-/// The `n` most likely tokens with their log-probabilities (log-softmax of
-/// the raw logits), most likely first; ties go to the lower id.
-pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let n = n.min(logits.len());
-    if n == 0 {
-        return Vec::new();
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits
-        .iter()
-        .map(|&l| f64::from(l - max).exp())
-        .sum::<f64>()
-        .ln();
-    let order = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-    ids.select_nth_unstable_by(n - 1, order);
-    ids.truncate(n);
-    ids.sort_by(order);
-    ids.into_iter()
-        .map(|id| (id, (f64::from(logits[id as usize] - max) - log_sum) as f32))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_logprobs_are_sorted_normalised_log_probabilities() {
-        let logits = [1.0, 3.0, 2.0, 3.0, -1.0];
-        let top = top_logprobs(&logits, 3);
-        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
-        assert_eq!(ids, [1, 3, 2]);
-        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
-        for (id, lp) in top {
-            let want = (f64::from(logits[id as usize]).exp() / z).ln();
-            assert!((f64::from(lp) - want).abs() < 1e-6, "{id}: {lp} vs {want}");
-        }
-        assert_eq!(top_logprobs(&logits, 0), []);
-        assert_eq!(top_logprobs(&logits, 9).len(), 5);
     }
 }

@@ -79,6 +79,7 @@ pub fn run(args: Args) -> Result<()> {
             },
             stop: Vec::new(),
             ignore_eos: false,
+            ..GenerateOptions::default()
         };
         let mut reply = String::new();
         let result = (|| -> Result<()> {

@@ -31,8 +31,9 @@ pub struct Args {
     host: IpAddr,
     #[arg(long, default_value_t = 11435)]
     port: u16,
-    /// Requests served at once. Until continuous batching lands they run one
-    /// after another, so each is one more queue slot.
+    /// Requests served at once by continuous batching: their decode steps
+    /// run as one batched forward, each with its own KV-cache slot of --ctx
+    /// positions (the cache takes N times the memory).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
     /// Requests that may wait beyond --parallel; more get 429 and Retry-After.
@@ -68,10 +69,18 @@ enum LogFormat {
 
 pub fn run(args: Args) -> Result<()> {
     init_logging(args.log_format);
+    if args.parallel == 0 || args.parallel > kiln::MAX_BATCH {
+        anyhow::bail!(
+            "--parallel {} is out of range: 1 to {} sequences",
+            args.parallel,
+            kiln::MAX_BATCH
+        );
+    }
     let device = args.device.open()?;
     let options = ModelOptions {
         ctx: args.ctx,
         f16_prefill: args.device.f16_prefill,
+        slots: args.parallel.max(1),
     };
     let wanted: Vec<Option<PathBuf>> = if args.models.is_empty() {
         vec![None]

@@ -25,9 +25,11 @@ pub fn config() -> Config {
     }
 }
 
-pub fn load(path: &std::path::Path, device: &Device) -> Model {
+/// The test model with `slots` cache slots of [`CTX`] positions.
+pub fn load(path: &std::path::Path, device: &Device, slots: usize) -> Model {
     let options = ModelOptions {
         ctx: CTX,
+        slots,
         ..ModelOptions::default()
     };
     Model::load(path, device, options).expect("the test model loads")
@@ -77,7 +79,8 @@ impl Server {
     /// the model is missing.
     pub fn with(test: &str, config: Config, device: &Device) -> Option<Server> {
         let path = model_path(test)?;
-        Some(Server::start(config, load(&path, device)))
+        let slots = config.scheduler.parallel;
+        Some(Server::start(config, load(&path, device, slots)))
     }
 
     pub fn url(&self, path: &str) -> String {

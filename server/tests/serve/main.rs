@@ -3,6 +3,7 @@
 //! tests share one CPU server; those that change settings or hold the
 //! worker start their own. One test binary, so CI links once.
 
+mod batch;
 mod common;
 mod gpu;
 mod limits;

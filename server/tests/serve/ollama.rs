@@ -172,7 +172,7 @@ async fn delete_removes_models_and_refuses_bad_names_and_served_ones() {
         hub: Hub::new(&home),
         ..common::config()
     };
-    let server = Server::start(config, common::load(&path, &Device::Cpu));
+    let server = Server::start(config, common::load(&path, &Device::Cpu, 1));
     let delete = |name: &str| {
         let url = server.url("/api/delete");
         let body = json!({ "model": name });

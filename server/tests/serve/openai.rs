@@ -11,7 +11,7 @@ use crate::common::{self, get, post, post_text, sse_chunks, sse_data};
 /// temperature-0 output must equal.
 fn reference(ids: &[u32], max_tokens: usize) -> (String, usize) {
     let path = common::model_path("reference").expect("checked by the caller");
-    let mut model = common::load(&path, &Device::Cpu);
+    let mut model = common::load(&path, &Device::Cpu, 1);
     let options = GenerateOptions {
         max_tokens,
         sampler: SamplerConfig::greedy(),
@@ -30,7 +30,7 @@ async fn chat_matches_the_generator_whole_and_streamed() {
         return;
     };
     let path = common::model_path("reference").unwrap();
-    let model = common::load(&path, &Device::Cpu);
+    let model = common::load(&path, &Device::Cpu, 1);
     let question = "Name a colour.";
     let text = model
         .render_chat(&[Message::new("user", question)], true)
@@ -95,7 +95,7 @@ async fn completions_whole_streamed_and_with_logprobs() {
     let prompt = "The capital of France is";
     let path = common::model_path("reference").unwrap();
     let ids = {
-        let model = common::load(&path, &Device::Cpu);
+        let model = common::load(&path, &Device::Cpu, 1);
         model
             .tokenizer()
             .encode(prompt, EncodeOptions::default())
