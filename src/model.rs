@@ -379,6 +379,28 @@ impl Model {
         Ok(logits)
     }
 
+    /// Compiles ahead the decode plans a server steps through: batches of
+    /// every padded size up to `max_batch` rows, with one-pass and split
+    /// attention, so no request waits on a compile mid-stream.
+    pub fn warm_up(&mut self, max_batch: usize) -> Result<(), Error> {
+        let mut n = 1;
+        loop {
+            for split in [false, true] {
+                let key = PlanKey {
+                    n: batch_size(n),
+                    mode: LogitsMode::All,
+                    split,
+                    batched: true,
+                };
+                self.compiled(key)?;
+            }
+            if batch_size(n) >= max_batch.min(MAX_BATCH) {
+                return Ok(());
+            }
+            n = batch_size(n) + 1;
+        }
+    }
+
     /// Device time of every dispatch of one forward over `tokens` at
     /// `pos` (last-position logits), in graph order (GPU only).
     pub fn profile(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<OpTime>, Error> {

@@ -11,6 +11,6 @@ pub mod testing;
 
 pub use error::ModelError;
 pub use llama::{
-    Arch, Caches, ForwardGraph, ForwardInputs, GraphOptions, LlamaConfig, LlamaWeights, LogitsMode,
-    TensorNames, SPLIT_CHUNK,
+    fused_rows, Arch, Caches, ForwardGraph, ForwardInputs, GraphOptions, LlamaConfig, LlamaWeights,
+    LogitsMode, TensorNames, FUSED_ROWS, SPLIT_CHUNK,
 };

@@ -15,6 +15,7 @@ use kiln_loaders::GgufFile;
 use kiln_models::testing::{NaiveModel, TinyDtypes, TinySpec};
 use kiln_models::{
     Arch, Caches, ForwardGraph, ForwardInputs, GraphOptions, LlamaConfig, LlamaWeights, LogitsMode,
+    FUSED_ROWS,
 };
 
 /// Positions per slot.
@@ -163,7 +164,8 @@ fn run_on(device: &Device, file: &GgufFile, naive: &NaiveModel, spec: &TinySpec)
         run.prefill(s, tokens(spec.vocab, s, n));
     }
     // Rows out of slot order, padding among them, both attention kernels,
-    // the fused matvecs (T <= 8) and the batched matmuls (T > 8).
+    // the fused matvecs (T <= FUSED_ROWS, up to 8 rows per workgroup and
+    // more groups past that) and the batched matmuls (T > FUSED_ROWS).
     run.step(&[Some(3), Some(0), None, Some(1)], false);
     run.step(&[Some(1), Some(3), Some(0), None], true);
     let wide: Vec<Option<usize>> = [Some(0), None, Some(3), None, None, Some(1)]
@@ -171,6 +173,12 @@ fn run_on(device: &Device, file: &GgufFile, naive: &NaiveModel, spec: &TinySpec)
         .chain([None; 6])
         .collect();
     run.step(&wide, false);
+    let widest: Vec<Option<usize>> = [Some(3), Some(1)]
+        .into_iter()
+        .chain([None; FUSED_ROWS])
+        .chain([Some(0)])
+        .collect();
+    run.step(&widest, true);
     // A sequence joins the batch with one token at position 0.
     run.step(&[Some(2), Some(0), Some(1), Some(3)], true);
 }

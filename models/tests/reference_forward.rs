@@ -16,10 +16,11 @@ use kiln_models::{
     Arch, Caches, ForwardGraph, ForwardInputs, LlamaConfig, LlamaWeights, LogitsMode,
 };
 
-/// Tokens per forward: the prompt, a chunk (flash attention at pos > 0),
-/// then single tokens (the decode attention kernel).
-const STEPS: [usize; 4] = [20, 2, 1, 1];
-const CTX: usize = 32;
+/// Tokens per forward: a short prompt (the fused matvecs, per-query
+/// attention), a chunk past `FUSED_ROWS` (tiled matmuls, flash attention
+/// at pos > 0), then single tokens (the decode attention kernel).
+const STEPS: [usize; 4] = [20, 70, 1, 1];
+const CTX: usize = 96;
 
 /// Error budget relative to the largest reference logit. Both sides use the
 /// same weights (the reference dequantizes the file's blocks; F32 matrices

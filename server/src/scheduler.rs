@@ -378,6 +378,17 @@ impl Worker {
     /// Steps until every sender (the [`Scheduler`]) is gone and every
     /// sequence has ended.
     fn run(mut self, queue: std_mpsc::Receiver<Queued>) {
+        let start = Instant::now();
+        let batch = self.free.len();
+        match self.model.warm_up(batch) {
+            Ok(()) => {
+                tracing::info!(model = %self.name, batch, seconds = start.elapsed().as_secs_f64(), "decode plans compiled")
+            }
+            // Not fatal: the plans compile on first use instead.
+            Err(e) => {
+                tracing::warn!(model = %self.name, error = %e, "compiling the decode plans ahead failed")
+            }
+        }
         let mut wait = None;
         loop {
             if !self.admit(&queue, wait) {

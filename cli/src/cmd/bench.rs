@@ -35,6 +35,11 @@ pub struct Args {
     /// Generated tokens of the decode test (0 skips it).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     n_gen: usize,
+    /// Sequences decoded together (continuous batching's forward): the
+    /// decode test runs this many sequences, each in its own cache slot,
+    /// one batched forward per step, and reports their aggregate tok/s.
+    #[arg(short = 'b', long = "batch", default_value_t = 1)]
+    batch: usize,
     /// Repetitions of each test.
     #[arg(short, long, default_value_t = 5)]
     repetitions: usize,
@@ -114,11 +119,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.n_prompt == 0 && args.n_gen == 0 {
         bail!("nothing to run: -p and -n are both 0");
     }
+    if args.batch == 0 || args.batch > kiln::MAX_BATCH {
+        bail!("-b must be 1 to {}", kiln::MAX_BATCH);
+    }
     let device = args.device.open()?;
     let options = ModelOptions {
-        ctx: args.n_prompt.max(args.n_gen).max(1),
+        ctx: args.n_prompt.max(args.n_gen + 1),
         f16_prefill: args.device.f16_prefill,
-        ..ModelOptions::default()
+        slots: args.batch,
     };
     let (mut model, info) = match args.synthetic {
         Some(spec) => load_synthetic(spec, &device, options)?,
@@ -158,7 +166,9 @@ pub fn run(args: Args) -> Result<()> {
             samples,
         });
     }
-    if args.n_gen > 0 {
+    if args.n_gen > 0 && args.batch > 1 {
+        rows.push(batched_decode(&mut model, &args, &tokens)?);
+    } else if args.n_gen > 0 {
         model.logits(&tokens[..1], 0)?;
         let mut samples = Vec::new();
         for _ in 0..args.repetitions {
@@ -198,6 +208,38 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The decode test over `-b` sequences: each slot gets one token, then
+/// `-n` batched steps; tokens/second counts every sequence's tokens.
+fn batched_decode(model: &mut Model, args: &Args, tokens: &[u32]) -> Result<Row> {
+    let b = args.batch;
+    for slot in 0..b {
+        model.logits_in(slot, &tokens[slot % tokens.len()..][..1], 0)?;
+    }
+    let step = |model: &mut Model, i: usize| {
+        let rows: Vec<kiln::BatchRow> = (0..b)
+            .map(|slot| kiln::BatchRow {
+                slot,
+                token: tokens[(slot + i) % tokens.len()],
+                pos: 1 + i,
+            })
+            .collect();
+        model.decode_batch(&rows)
+    };
+    step(model, 0)?;
+    let mut samples = Vec::new();
+    for _ in 0..args.repetitions {
+        let start = Instant::now();
+        for i in 0..args.n_gen {
+            step(model, i)?;
+        }
+        samples.push((b * args.n_gen) as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(Row {
+        test: format!("tg{} x{b}", args.n_gen),
+        samples,
+    })
 }
 
 /// Times a one-op graph on `device`: seconds per run (best of `reps`

@@ -9,7 +9,10 @@ pub mod graph;
 pub mod weights;
 
 pub use config::{Arch, LlamaConfig, RopeConfig};
-pub use graph::{Caches, ForwardGraph, ForwardInputs, GraphOptions, LogitsMode, SPLIT_CHUNK};
+pub use graph::{
+    fused_rows, Caches, ForwardGraph, ForwardInputs, GraphOptions, LogitsMode, FUSED_ROWS,
+    SPLIT_CHUNK,
+};
 pub use weights::{names, LayerWeights, LlamaWeights, TensorNames};
 
 #[cfg(test)]
