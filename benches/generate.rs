@@ -41,6 +41,30 @@ impl LanguageModel for Scripted {
     }
 }
 
+/// The scripted model picking greedy tokens itself, as a GPU model does
+/// (`Model::greedy_in`): no logits cross to the host.
+struct PicksItself(Scripted);
+
+impl LanguageModel for PicksItself {
+    fn vocab_size(&self) -> usize {
+        VOCAB
+    }
+    fn context_length(&self) -> usize {
+        1 << 20
+    }
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
+        self.0.forward(tokens, pos)
+    }
+    fn forward_greedy(
+        &mut self,
+        _tokens: &[u32],
+        _pos: usize,
+    ) -> Result<Option<(u32, f32)>, Error> {
+        self.0.step += 1;
+        Ok(Some((1000 + (self.0.step % 500) as u32, -0.25)))
+    }
+}
+
 fn scripted() -> Scripted {
     let logits = (0..VOCAB)
         .map(|i| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / 1e6)
@@ -149,12 +173,55 @@ fn generate(c: &mut Criterion) {
         });
     });
     rows.push(("async stream, greedy", stream));
+
+    // The device-side greedy pick: the bare loop is then the model's call
+    // alone, and the generator's overhead is its own bookkeeping.
+    let bare_device = per_token(|| {
+        let mut m = PicksItself(scripted());
+        for pos in 0..TOKENS {
+            criterion::black_box(m.forward_greedy(&[1], pos).expect("forward"));
+        }
+    });
+    let device = per_token(|| {
+        let mut m = PicksItself(scripted());
+        let g = Generator::new(&mut m, tok.clone(), &[1], options(SamplerConfig::greedy()))
+            .expect("generator");
+        for t in g {
+            criterion::black_box(t.expect("token"));
+        }
+    });
+    let device_stream = per_token(|| {
+        let model = Arc::new(Mutex::new(PicksItself(scripted())));
+        let mut s =
+            kiln::stream::generate(&model, tok.clone(), &[1], options(SamplerConfig::greedy()))
+                .expect("stream");
+        pollster::block_on(async {
+            use kiln::stream::Stream;
+            while let Some(t) =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut s).poll_next(cx)).await
+            {
+                criterion::black_box(t.expect("token"));
+            }
+        });
+    });
     println!("host time per token, {VOCAB}-token vocabulary ({TOKENS} tokens, best of 5):");
     for (name, t) in &rows {
         println!(
             "  {name:<50} {:>8.1} µs  (+{:.1} µs over the bare loop)",
             t * 1e6,
             (t - bare) * 1e6
+        );
+    }
+    println!("with the greedy pick on the device (no logits to the host):");
+    for (name, t) in [
+        ("bare loop (forward_greedy)", bare_device),
+        ("Generator, greedy", device),
+        ("async stream, greedy", device_stream),
+    ] {
+        println!(
+            "  {name:<50} {:>8.1} µs  (+{:.1} µs over the bare loop)",
+            t * 1e6,
+            (t - bare_device) * 1e6
         );
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use kiln_loaders::{DecodeOptions, StreamDecoder, Tokenizer};
 
 use crate::model::{Error, LanguageModel, Model};
-use crate::sampler::{top_logprobs, Sampler, SamplerConfig};
+use crate::sampler::{top_logprobs, Sampled, Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
 
 /// What to generate.
@@ -195,21 +195,48 @@ impl Sequence {
     /// `forward_s` seconds, counted in the stats with the sampling),
     /// samples the next token and returns it with its text.
     pub fn accept(&mut self, logits: &[f32], forward_s: f64) -> Result<StreamToken, Error> {
-        let r = self.sample(logits, forward_s);
+        let r = self.sample(Step::Logits(logits), forward_s);
         self.failed = r.is_err();
         r
     }
 
-    fn sample(&mut self, logits: &[f32], forward_s: f64) -> Result<StreamToken, Error> {
+    /// Whether the model may pick the token itself (a greedy pick with no
+    /// penalty and no alternatives asked for): then
+    /// [`Sequence::accept_chosen`] takes its id and log-probability, and
+    /// no logits leave the device.
+    pub fn device_greedy(&self) -> bool {
+        self.sampler.plain_greedy() && self.options.top_logprobs == 0
+    }
+
+    /// [`Sequence::accept`] for a token the model chose: `id` with
+    /// ln p(id) `logprob`.
+    pub fn accept_chosen(
+        &mut self,
+        id: u32,
+        logprob: f32,
+        forward_s: f64,
+    ) -> Result<StreamToken, Error> {
+        let r = self.sample(Step::Chosen(Sampled { id, logprob }), forward_s);
+        self.failed = r.is_err();
+        r
+    }
+
+    fn sample(&mut self, step: Step, forward_s: f64) -> Result<StreamToken, Error> {
         let start = Instant::now();
         let Some((tokens, _)) = self.pending() else {
             return Err(Error::Empty);
         };
         let first = self.pos == 0;
         self.pos += tokens.len();
-        let sampled = self.sampler.sample(logits)?;
+        let (sampled, logits) = match step {
+            Step::Logits(logits) => (self.sampler.sample(logits)?, Some(logits)),
+            Step::Chosen(sampled) => {
+                self.sampler.accept(&[sampled.id]);
+                (sampled, None)
+            }
+        };
         let mut top = Vec::new();
-        if self.options.top_logprobs > 0 {
+        if let (Some(logits), true) = (logits, self.options.top_logprobs > 0) {
             top = top_logprobs(logits, self.options.top_logprobs);
             // The sampler's own value for the chosen token, which this
             // computation matches only to ~1e-6, so a client sees one
@@ -254,6 +281,13 @@ impl Sequence {
             top,
         })
     }
+}
+
+/// What a forward gave a sequence: logits to sample from, or the token the
+/// device already chose.
+enum Step<'a> {
+    Logits(&'a [f32]),
+    Chosen(Sampled),
 }
 
 /// Streams tokens: an iterator of `Result<StreamToken, Error>`. After an
@@ -302,6 +336,19 @@ impl<M: LanguageModel + ?Sized> Iterator for Generator<'_, M> {
     fn next(&mut self) -> Option<Self::Item> {
         let (tokens, pos) = self.seq.pending()?;
         let start = Instant::now();
+        if self.seq.device_greedy() {
+            match self.model.forward_greedy(tokens, pos) {
+                Ok(Some((id, logprob))) => {
+                    let forward_s = start.elapsed().as_secs_f64();
+                    return Some(self.seq.accept_chosen(id, logprob, forward_s));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.seq.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
         let logits = match self.model.forward(tokens, pos) {
             Ok(logits) => logits,
             Err(e) => {

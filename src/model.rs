@@ -125,6 +125,14 @@ pub trait LanguageModel {
     /// Runs `tokens` at positions `pos..`, appending them to the cache, and
     /// returns the last position's logits (`vocab_size` values).
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error>;
+    /// [`LanguageModel::forward`] with the greedy pick made by the model
+    /// itself: the argmax id of the last position's logits and its
+    /// log-probability. `None` when the model cannot (the caller then
+    /// samples from [`LanguageModel::forward`]'s logits).
+    fn forward_greedy(&mut self, tokens: &[u32], pos: usize) -> Result<Option<(u32, f32)>, Error> {
+        let _ = (tokens, pos);
+        Ok(None)
+    }
 }
 
 pub struct Model {
@@ -148,6 +156,9 @@ struct PlanKey {
     mode: LogitsMode,
     split: bool,
     batched: bool,
+    /// The graph ends in the greedy pick (id and log-probability) instead
+    /// of returning logits.
+    greedy: bool,
 }
 
 struct Compiled {
@@ -342,6 +353,34 @@ impl Model {
         self.run(0, tokens, pos, LogitsMode::All)
     }
 
+    /// The greedy pick after running `tokens` at `pos..` in `slot`: the
+    /// argmax id of the last position's logits (lowest id on ties) and its
+    /// log-probability, chosen on the device, so a step reads back two
+    /// numbers instead of the vocabulary's logits.
+    pub fn greedy_in(
+        &mut self,
+        slot: usize,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<(u32, f32), Error> {
+        let (compiled, inputs) = self.prepare(slot, tokens, pos, LogitsMode::Last, true)?;
+        let out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
+        let bad = |got| Error::BadOutput { got, expected: 2 };
+        let [id, logprob] = out.as_slice() else {
+            return Err(bad(out.len()));
+        };
+        let id = id.to_i32().and_then(|v| v.first().copied());
+        let logprob = logprob
+            .to_f32()
+            .map_err(EngineError::from)?
+            .first()
+            .copied();
+        match (id.and_then(|id| u32::try_from(id).ok()), logprob) {
+            (Some(id), Some(lp)) => Ok((id, lp)),
+            _ => Err(bad(1)),
+        }
+    }
+
     /// Sequences the cache holds at once ([`ModelOptions::slots`]).
     pub fn slots(&self) -> usize {
         self.caches.slots
@@ -363,6 +402,7 @@ impl Model {
             mode: LogitsMode::All,
             split,
             batched: true,
+            greedy: false,
         };
         let ctx = self.caches.ctx;
         let padded: Vec<_> = rows
@@ -391,6 +431,7 @@ impl Model {
                     mode: LogitsMode::All,
                     split,
                     batched: true,
+                    greedy: false,
                 };
                 self.compiled(key)?;
             }
@@ -404,7 +445,7 @@ impl Model {
     /// Device time of every dispatch of one forward over `tokens` at
     /// `pos` (last-position logits), in graph order (GPU only).
     pub fn profile(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<OpTime>, Error> {
-        let (compiled, inputs) = self.prepare(0, tokens, pos, LogitsMode::Last)?;
+        let (compiled, inputs) = self.prepare(0, tokens, pos, LogitsMode::Last, false)?;
         Ok(compiled.plan.profile(&compiled.graph.feeds(&inputs))?)
     }
 
@@ -418,7 +459,7 @@ impl Model {
         pos: usize,
         iters: u32,
     ) -> Result<kiln_engine::Timing, Error> {
-        let (compiled, inputs) = self.prepare(0, tokens, pos, LogitsMode::Last)?;
+        let (compiled, inputs) = self.prepare(0, tokens, pos, LogitsMode::Last, false)?;
         Ok(compiled.plan.time(&compiled.graph.feeds(&inputs), iters)?)
     }
 
@@ -430,6 +471,7 @@ impl Model {
         tokens: &[u32],
         pos: usize,
         mode: LogitsMode,
+        greedy: bool,
     ) -> Result<(&mut Compiled, ForwardInputs), Error> {
         self.check(slot, tokens, pos)?;
         let start = slot * self.caches.ctx;
@@ -442,6 +484,7 @@ impl Model {
             mode,
             split: pos + tokens.len() > SPLIT_CHUNK,
             batched: false,
+            greedy,
         };
         Ok((self.compiled(key)?, inputs))
     }
@@ -454,6 +497,7 @@ impl Model {
                 split_attention: key.split,
                 f16_prefill: self.f16_prefill,
                 batched: key.batched,
+                greedy: key.greedy,
             };
             let graph = ForwardGraph::build_with(c, w, k, key.n, key.mode, options)?;
             let plan = self.executor.compile(&graph.graph)?;
@@ -469,7 +513,7 @@ impl Model {
         pos: usize,
         mode: LogitsMode,
     ) -> Result<Vec<f32>, Error> {
-        let (compiled, inputs) = self.prepare(slot, tokens, pos, mode)?;
+        let (compiled, inputs) = self.prepare(slot, tokens, pos, mode, false)?;
         let out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
         let rows = if mode == LogitsMode::Last {
             1
@@ -568,6 +612,10 @@ impl LanguageModel for Model {
 
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, Error> {
         self.logits(tokens, pos)
+    }
+
+    fn forward_greedy(&mut self, tokens: &[u32], pos: usize) -> Result<Option<(u32, f32)>, Error> {
+        self.greedy_in(0, tokens, pos).map(Some)
     }
 }
 

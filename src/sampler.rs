@@ -165,6 +165,17 @@ impl Sampler {
         Ok(Sampled { id, logprob })
     }
 
+    /// Whether the pick is the plain argmax of the raw logits (greedy, no
+    /// penalty configured): the device can then choose the token itself
+    /// and hand back only its id and log-probability.
+    pub fn plain_greedy(&self) -> bool {
+        let c = &self.config;
+        c.temperature <= 0.0
+            && c.repeat_penalty == 1.0
+            && c.frequency_penalty == 0.0
+            && c.presence_penalty == 0.0
+    }
+
     fn penalties_active(&self) -> bool {
         let c = &self.config;
         !self.recent.is_empty()

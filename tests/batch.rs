@@ -90,3 +90,38 @@ fn bad_batches_are_typed_errors() {
     let e = m.logits_in(5, &[1], 0).expect_err("no slot 5");
     assert!(matches!(e, Error::BadBatch(_)), "{e}");
 }
+
+/// The greedy pick made on the device (argmax id and its log-probability,
+/// no logits read back) is the host sampler's pick from the logits, on
+/// every device.
+#[test]
+fn the_device_greedy_pick_is_the_samplers() {
+    let dir = std::env::temp_dir().join(format!("kiln-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("greedy.gguf");
+    let spec = TinySpec {
+        seed: 9,
+        ..TinySpec::new(Arch::Llama)
+    };
+    std::fs::write(&path, spec.gguf().expect("writes")).expect("write");
+    for device in kiln::engine::testing::devices("device greedy") {
+        let options = ModelOptions {
+            ctx: 16,
+            ..ModelOptions::default()
+        };
+        let mut m = Model::load(&path, &device, options).expect("loads");
+        let mut sampler = kiln::Sampler::new(kiln::SamplerConfig::greedy()).expect("sampler");
+        for (tokens, pos) in [(&[3u32, 4, 5][..], 0), (&[6][..], 3), (&[7][..], 4)] {
+            let logits = m.logits(tokens, pos).expect("logits");
+            let want = sampler.sample(&logits).expect("samples");
+            let (id, logprob) = m.greedy_in(0, tokens, pos).expect("greedy");
+            assert_eq!(id, want.id, "{}", device.name());
+            assert!(
+                (logprob - want.logprob).abs() < 1e-4,
+                "{}: {logprob} vs {}",
+                device.name(),
+                want.logprob
+            );
+        }
+    }
+}

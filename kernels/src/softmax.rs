@@ -13,6 +13,17 @@ use crate::tensor::{CpuTensor, TensorDesc};
 
 const WGSL: &str = include_str!("../wgsl/softmax.wgsl");
 
+/// The end of softmax.wgsl for [`Softmax`]: every probability.
+const SOFTMAX_FINISH: &str = "let inv = 1.0 / row_sum;
+    for (var i = ids.lid; i < p.cols; i += WG) {
+        out[base + i] = exp(x[base + i] - row_max) * inv;
+    }";
+
+/// The end of softmax.wgsl for [`MaxLogProb`]: one value per row.
+const MAX_LOGPROB_FINISH: &str = "if ids.lid == 0u {
+        out[row] = -log(row_sum);
+    }";
+
 /// Mirrors `Params` in `softmax.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -100,6 +111,8 @@ impl Op for Softmax {
                 ("T", v.ty.into()),
                 ("REDUCE", v.reduce.into()),
                 ("HORIZONTAL", v.horizontal.into()),
+                ("OUT", v.ty.into()),
+                ("FINISH", SOFTMAX_FINISH.into()),
             ],
         );
         Ok(GpuKernel {
@@ -113,6 +126,91 @@ impl Op for Softmax {
             }),
             workgroups: grid(rows, caps.max_workgroups_per_dimension),
         })
+    }
+}
+
+/// `ln softmax(x)[argmax]` per row: `[.., n] -> [..]` (a 1-D input gives
+/// `[1]`), i.e. `-ln Σ exp(x - max)`: the log-probability of the token
+/// greedy decoding picks ([`crate::argmax::ArgMax`] gives its id), so a
+/// greedy step reads back two numbers instead of the vocabulary's logits.
+/// Rows are assumed finite (a NaN or infinite logit gives NaN, where the
+/// host sampler reports NaN for a non-finite max too).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaxLogProb {
+    /// Use the subgroup reduction when the device has subgroups.
+    pub allow_subgroups: bool,
+}
+
+impl Default for MaxLogProb {
+    fn default() -> MaxLogProb {
+        MaxLogProb {
+            allow_subgroups: true,
+        }
+    }
+}
+
+impl Op for MaxLogProb {
+    fn name(&self) -> &'static str {
+        "max_logprob"
+    }
+
+    fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
+        let x = Softmax::default().output(inputs)?;
+        if x.cols() == 0 || x.rows() == 0 {
+            return Err(check::shape_err(self.name(), inputs, "empty rows"));
+        }
+        let (_, batch) = x.shape.split_last().unwrap_or((&0, &[]));
+        let shape = if batch.is_empty() {
+            vec![1]
+        } else {
+            batch.to_vec()
+        };
+        Ok(TensorDesc::f32(shape))
+    }
+
+    fn cpu(&self, inputs: &[&CpuTensor], out: &mut CpuTensor) -> Result<(), OpError> {
+        let x = inputs[0]
+            .to_f32()
+            .map_err(|_| check::not_f32(self.name(), inputs[0].dtype()))?;
+        let cols = inputs[0].desc().cols().max(1);
+        let o = out
+            .as_f32_mut()
+            .ok_or(check::not_f32(self.name(), DType::F32))?;
+        o.par_iter_mut().zip(x.par_chunks(cols)).for_each(|(o, x)| {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = x.iter().map(|&v| f64::from(v - max).exp()).sum();
+            *o = -sum.ln() as f32;
+        });
+        Ok(())
+    }
+
+    fn gpu(
+        &self,
+        inputs: &[TensorDesc],
+        out: &TensorDesc,
+        caps: &Caps,
+    ) -> Result<GpuKernel, OpError> {
+        self.output(inputs)?;
+        let mut kernel = Softmax {
+            allow_subgroups: self.allow_subgroups,
+        }
+        .gpu(inputs, out, caps)?;
+        let x = &inputs[0];
+        let v = rows::variant(caps, self.allow_subgroups, x.cols());
+        kernel.source = fill(
+            WGSL,
+            &[
+                ("WG", u(rows::WG)),
+                ("T", v.ty.into()),
+                ("REDUCE", v.reduce.into()),
+                ("HORIZONTAL", v.horizontal.into()),
+                ("OUT", "f32".into()),
+                ("FINISH", MAX_LOGPROB_FINISH.into()),
+            ],
+        )
+        .into();
+        kernel.key = format!("max_logprob.{}", v.key);
+        Ok(kernel)
     }
 }
 
@@ -136,8 +234,13 @@ pub fn cases() -> Vec<OpCase> {
         for allow_subgroups in [true, false] {
             let op = Softmax { allow_subgroups };
             cases.push(OpCase::new(op, vec![f(shape)], tol).dist(Dist::uniform(-10.0, 10.0)));
+            let op = MaxLogProb { allow_subgroups };
+            cases.push(OpCase::new(op, vec![f(shape)], tol).dist(Dist::uniform(-10.0, 10.0)));
         }
     }
+    // A vocabulary-sized row of logits as a model gives them.
+    let logits = || OpCase::new(MaxLogProb::default(), vec![f(&[8, 49_152])], tol);
+    cases.push(logits().dist(Dist::uniform(-20.0, 30.0)));
     // Without the max subtracted, exp(90) would overflow f32.
     cases.push(
         OpCase::new(Softmax::default(), vec![f(&[4, 1000])], tol).dist(Dist::uniform(50.0, 90.0)),
@@ -148,6 +251,23 @@ pub fn cases() -> Vec<OpCase> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_logprob_is_ln_of_the_largest_probability() {
+        let x = CpuTensor::from_f32([2, 3], vec![1.0, 2.0, 3.0, 0.5, 0.5, 0.5]).unwrap();
+        let op = MaxLogProb::default();
+        assert_eq!(
+            op.output(&[x.desc().clone()]).unwrap(),
+            TensorDesc::f32([2])
+        );
+        let mut out = CpuTensor::zeros(&TensorDesc::f32([2])).unwrap();
+        op.cpu(&[&x], &mut out).unwrap();
+        let o = out.as_f32().unwrap();
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
+        assert!((f64::from(o[0]) - (3f64.exp() / z).ln()).abs() < 1e-6);
+        assert!((f64::from(o[1]) + 3f64.ln()).abs() < 1e-6);
+        assert!(op.output(&[TensorDesc::f32([2, 0])]).is_err());
+    }
 
     #[test]
     fn rows_sum_to_one() {

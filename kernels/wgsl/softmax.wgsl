@@ -5,6 +5,8 @@
 // Milakov & Gimelshein, 2018), so the row is read twice, not three times;
 // the workgroup then reduces max, rescales every s to the global max and
 // sums. Pass 2 writes. Subtracting the max keeps exp in range for any input.
+// The same first pass serves `MaxLogProb` (one value per row: ln of the
+// largest probability, -ln(sum)), whose FINISH writes that instead.
 
 struct Params {
     rows: u32,
@@ -17,7 +19,7 @@ const WG: u32 = {{WG}};
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<{{T}}>;
-@group(0) @binding(2) var<storage, read_write> out: array<{{T}}>;
+@group(0) @binding(2) var<storage, read_write> out: array<{{OUT}}>;
 
 {{REDUCE}}
 {{HORIZONTAL}}
@@ -43,8 +45,5 @@ fn main(ids: Ids) {
     }
     let row_max = wg_max(m, ids);
     let row_sum = wg_sum(s * exp(m - row_max), ids);
-    let inv = 1.0 / row_sum;
-    for (var i = ids.lid; i < p.cols; i += WG) {
-        out[base + i] = exp(x[base + i] - row_max) * inv;
-    }
+    {{FINISH}}
 }

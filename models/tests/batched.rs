@@ -89,6 +89,7 @@ impl Run<'_> {
             split_attention: split,
             f16_prefill: false,
             batched: true,
+            greedy: false,
         };
         let fwd = ForwardGraph::build_with(
             &self.config,

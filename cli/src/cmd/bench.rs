@@ -40,6 +40,11 @@ pub struct Args {
     /// one batched forward per step, and reports their aggregate tok/s.
     #[arg(short = 'b', long = "batch", default_value_t = 1)]
     batch: usize,
+    /// Decode test steps make the greedy pick on the device and read back
+    /// the token id and its log-probability, not the logits (what `kiln
+    /// run --temp 0` does).
+    #[arg(long)]
+    greedy: bool,
     /// Repetitions of each test.
     #[arg(short, long, default_value_t = 5)]
     repetitions: usize,
@@ -169,17 +174,30 @@ pub fn run(args: Args) -> Result<()> {
     if args.n_gen > 0 && args.batch > 1 {
         rows.push(batched_decode(&mut model, &args, &tokens)?);
     } else if args.n_gen > 0 {
-        model.logits(&tokens[..1], 0)?;
+        if args.greedy {
+            model.greedy_in(0, &tokens[..1], 0)?;
+        } else {
+            model.logits(&tokens[..1], 0)?;
+        }
         let mut samples = Vec::new();
         for _ in 0..args.repetitions {
             let start = Instant::now();
             for pos in 0..args.n_gen {
-                model.logits(&tokens[pos % tokens.len()..][..1], pos)?;
+                let token = &tokens[pos % tokens.len()..][..1];
+                if args.greedy {
+                    model.greedy_in(0, token, pos)?;
+                } else {
+                    model.logits(token, pos)?;
+                }
             }
             samples.push(args.n_gen as f64 / start.elapsed().as_secs_f64());
         }
         rows.push(Row {
-            test: format!("tg{}", args.n_gen),
+            test: format!(
+                "tg{}{}",
+                args.n_gen,
+                if args.greedy { " greedy" } else { "" }
+            ),
             samples,
         });
     }

@@ -5,6 +5,7 @@
 //! (`blk.{i}.attn_norm`, ...) so a debug run can dump and compare them.
 
 use kiln_engine::{Device, DeviceTensor, Graph, TensorId};
+use kiln_kernels::argmax::ArgMax;
 use kiln_kernels::attention::{Attention, AttnConfig};
 pub use kiln_kernels::attention_split::CHUNK as SPLIT_CHUNK;
 use kiln_kernels::attention_split::{AttentionCombine, AttentionPartials};
@@ -16,6 +17,7 @@ use kiln_kernels::qmatmul::{QMatMul, QMatMulVariant};
 use kiln_kernels::qmatvec::{Prologue, QMatVec};
 use kiln_kernels::rms_norm::RmsNorm;
 use kiln_kernels::rope::Rope;
+use kiln_kernels::softmax::MaxLogProb;
 use kiln_kernels::{CpuTensor, DType, TensorDesc};
 
 use crate::error::ModelError;
@@ -133,6 +135,10 @@ pub struct GraphOptions {
     /// decode step): each row reads and writes its own cache slot, and
     /// attention runs per row at any T.
     pub batched: bool,
+    /// End in the greedy pick instead of the logits: the graph's outputs
+    /// are each row's argmax id (I32 `[rows]`) and its log-probability
+    /// (F32 `[rows]`), so a step reads back two numbers per row.
+    pub greedy: bool,
 }
 
 /// Which positions' logits a forward returns.
@@ -266,6 +272,7 @@ impl ForwardGraph {
             split_attention: true,
             f16_prefill: false,
             batched: false,
+            greedy: false,
         };
         Self::build_with(config, weights, caches, n_tokens, mode, options)
     }
@@ -449,7 +456,14 @@ impl ForwardGraph {
             let x = g.op("result_norm", norm, &[x, wn])?;
             g.op("result_output", mm, &[x, wout])?
         }; // [rows, vocab]
-        g.output(logits);
+        if options.greedy {
+            let id = g.op("result_argmax", ArgMax::default(), &[logits])?; // [rows]
+            let logprob = g.op("result_logprob", MaxLogProb::default(), &[logits])?; // [rows]
+            g.output(id);
+            g.output(logprob);
+        } else {
+            g.output(logits);
+        }
         Ok(ForwardGraph {
             graph: g,
             tokens,
