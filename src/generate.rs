@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use kiln_loaders::{DecodeOptions, StreamDecoder, Tokenizer};
 
+use crate::adapters::AdapterSet;
 use crate::model::{Error, LanguageModel, Model};
 use crate::sampler::{top_logprobs, Sampled, Sampler, SamplerConfig};
 use crate::stop::StopMatcher;
@@ -24,6 +25,10 @@ pub struct GenerateOptions {
     /// Most likely alternatives reported with each token
     /// ([`StreamToken::top`]); 0: none.
     pub top_logprobs: usize,
+    /// LoRA adapters (loaded on the model) this generation uses: `Some`
+    /// makes them the model's active set before the prompt runs (and it
+    /// stays so afterwards); `None` keeps whatever the model has applied.
+    pub adapters: Option<AdapterSet>,
 }
 
 impl Default for GenerateOptions {
@@ -34,6 +39,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             ignore_eos: false,
             top_logprobs: 0,
+            adapters: None,
         }
     }
 }
@@ -164,6 +170,11 @@ impl Sequence {
 
     pub fn stats(&self) -> GenerationStats {
         self.stats
+    }
+
+    /// The adapters the request asked for ([`GenerateOptions::adapters`]).
+    pub fn adapters(&self) -> Option<&AdapterSet> {
+        self.options.adapters.as_ref()
     }
 
     /// Why it ended, once it has.
@@ -306,6 +317,9 @@ impl<'m, M: LanguageModel + ?Sized> Generator<'m, M> {
         options: GenerateOptions,
     ) -> Result<Generator<'m, M>, Error> {
         let seq = Sequence::new(tokenizer, prompt, options, model.context_length())?;
+        if let Some(set) = seq.adapters() {
+            model.set_adapters(set)?;
+        }
         Ok(Generator { model, seq })
     }
 

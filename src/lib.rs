@@ -6,6 +6,7 @@
 //! executors) and the loaders (GGUF, safetensors, tokenizers, chat
 //! templates) too.
 
+pub mod adapters;
 pub mod generate;
 pub mod model;
 pub mod perplexity;
@@ -20,6 +21,7 @@ pub use kiln_kernels as kernels;
 pub use kiln_loaders as loaders;
 pub use kiln_models as models;
 
+pub use adapters::{AdapterInfo, AdapterRegistry, AdapterSet};
 pub use generate::{
     FinishReason, GenerateOptions, GenerationStats, Generator, Sequence, StreamToken,
 };

@@ -17,6 +17,7 @@ use kiln_models::{
     ModelError, TensorNames, SPLIT_CHUNK,
 };
 
+use crate::adapters::{AdapterInfo, AdapterRegistry, AdapterSet};
 use crate::sampler::SamplerError;
 
 /// Everything that can go wrong loading a model or generating with it.
@@ -63,6 +64,20 @@ pub enum Error {
     Worker(String),
     #[error("bad batch: {0}")]
     BadBatch(String),
+    #[error(transparent)]
+    Lora(Box<kiln_loaders::lora::LoraError>),
+    #[error("no adapter named '{name}' is loaded")]
+    UnknownAdapter { name: String },
+    #[error("an adapter named '{name}' is already loaded")]
+    AdapterExists { name: String },
+    #[error("adapter '{name}' is in use (cache slot {slot}); remove it there first")]
+    AdapterInUse { name: String, slot: usize },
+    #[error("adapter '{name}': scale {scale} is not a finite number")]
+    BadAdapterScale { name: String, scale: f32 },
+    #[error(
+        "adapter name '{name}' is invalid: use 1 to 128 letters, digits, '-', '_', '.' or ':'"
+    )]
+    BadAdapterName { name: String },
 }
 
 impl From<LoadError> for Error {
@@ -133,6 +148,16 @@ pub trait LanguageModel {
         let _ = (tokens, pos);
         Ok(None)
     }
+    /// Makes `set` the LoRA adapters later forwards use. Models without
+    /// adapters accept only the empty set.
+    fn set_adapters(&mut self, set: &AdapterSet) -> Result<(), Error> {
+        match set.iter().next() {
+            None => Ok(()),
+            Some((name, _)) => Err(Error::UnknownAdapter {
+                name: name.to_string(),
+            }),
+        }
+    }
 }
 
 pub struct Model {
@@ -145,6 +170,8 @@ pub struct Model {
     tokenizer: Arc<Tokenizer>,
     chat: Result<ChatTemplate, String>,
     f16_prefill: bool,
+    device: Device,
+    adapters: AdapterRegistry,
 }
 
 /// What a compiled forward is for: its token count, which logits it
@@ -159,6 +186,8 @@ struct PlanKey {
     /// The graph ends in the greedy pick (id and log-probability) instead
     /// of returning logits.
     greedy: bool,
+    /// The graph carries the LoRA side paths of the loaded adapters.
+    lora: bool,
 }
 
 struct Compiled {
@@ -290,6 +319,8 @@ impl Model {
             tokenizer: Arc::new(tokenizer),
             chat,
             f16_prefill: options.f16_prefill,
+            device: device.clone(),
+            adapters: AdapterRegistry::new(slots),
         })
     }
 
@@ -397,12 +428,16 @@ impl Model {
         // every batch; padding rows write nothing and see no key.
         let n = batch_size(rows.len());
         let split = rows.iter().any(|r| r.pos + 1 > SPLIT_CHUNK);
+        let scales: Vec<Option<Vec<f32>>> =
+            rows.iter().map(|r| self.adapters.scales(r.slot)).collect();
+        let lora = scales.iter().any(Option::is_some);
         let key = PlanKey {
             n,
             mode: LogitsMode::All,
             split,
             batched: true,
             greedy: false,
+            lora,
         };
         let ctx = self.caches.ctx;
         let padded: Vec<_> = rows
@@ -411,7 +446,17 @@ impl Model {
             .chain(std::iter::repeat(None))
             .take(n)
             .collect();
-        let inputs = ForwardInputs::batch(&padded)?;
+        let mut inputs = ForwardInputs::batch(&padded)?;
+        if lora {
+            let zeros = vec![0f32; self.adapters.rank()];
+            let rows = scales
+                .into_iter()
+                .map(|s| s.unwrap_or_else(|| zeros.clone()))
+                .chain(std::iter::repeat(zeros.clone()))
+                .take(n)
+                .collect();
+            inputs = inputs.with_lora_scales(rows)?;
+        }
         let compiled = self.compiled(key)?;
         let out = compiled.plan.run(&compiled.graph.feeds(&inputs))?;
         let mut logits = read_logits(out, n * self.vocab_size())?;
@@ -424,16 +469,24 @@ impl Model {
     /// attention, so no request waits on a compile mid-stream.
     pub fn warm_up(&mut self, max_batch: usize) -> Result<(), Error> {
         let mut n = 1;
+        let loras: &[bool] = if self.adapters.is_empty() {
+            &[false]
+        } else {
+            &[false, true]
+        };
         loop {
             for split in [false, true] {
-                let key = PlanKey {
-                    n: batch_size(n),
-                    mode: LogitsMode::All,
-                    split,
-                    batched: true,
-                    greedy: false,
-                };
-                self.compiled(key)?;
+                for &lora in loras {
+                    let key = PlanKey {
+                        n: batch_size(n),
+                        mode: LogitsMode::All,
+                        split,
+                        batched: true,
+                        greedy: false,
+                        lora,
+                    };
+                    self.compiled(key)?;
+                }
             }
             if batch_size(n) >= max_batch.min(MAX_BATCH) {
                 return Ok(());
@@ -475,7 +528,12 @@ impl Model {
     ) -> Result<(&mut Compiled, ForwardInputs), Error> {
         self.check(slot, tokens, pos)?;
         let start = slot * self.caches.ctx;
-        let inputs = ForwardInputs::new(tokens, start, pos)?;
+        let mut inputs = ForwardInputs::new(tokens, start, pos)?;
+        let scales = self.adapters.scales(slot);
+        let lora = scales.is_some();
+        if let Some(row) = scales {
+            inputs = inputs.with_lora_scales(vec![row; tokens.len()])?;
+        }
         // Steps that reach past one chunk of keys use the split attention,
         // which stays parallel at any length; shorter ones the one-pass
         // kernel.
@@ -485,6 +543,7 @@ impl Model {
             split: pos + tokens.len() > SPLIT_CHUNK,
             batched: false,
             greedy,
+            lora,
         };
         Ok((self.compiled(key)?, inputs))
     }
@@ -499,7 +558,12 @@ impl Model {
                 batched: key.batched,
                 greedy: key.greedy,
             };
-            let graph = ForwardGraph::build_with(c, w, k, key.n, key.mode, options)?;
+            let lora = if key.lora {
+                self.adapters.stack()
+            } else {
+                None
+            };
+            let graph = ForwardGraph::build_lora(c, w, k, key.n, key.mode, options, lora)?;
             let plan = self.executor.compile(&graph.graph)?;
             self.plans.insert(key, Compiled { graph, plan });
         }
@@ -617,6 +681,10 @@ impl LanguageModel for Model {
     fn forward_greedy(&mut self, tokens: &[u32], pos: usize) -> Result<Option<(u32, f32)>, Error> {
         self.greedy_in(0, tokens, pos).map(Some)
     }
+
+    fn set_adapters(&mut self, set: &AdapterSet) -> Result<(), Error> {
+        Model::set_adapters(self, set)
+    }
 }
 
 impl Model {
@@ -627,5 +695,98 @@ impl Model {
     /// Positions the KV cache holds.
     pub fn context_length(&self) -> usize {
         self.caches.ctx
+    }
+}
+
+/// LoRA adapters ([`crate::adapters`]): loaded by name, kept on the device,
+/// and chosen per cache slot. The single-sequence API (`logits`,
+/// `generate`) runs slot 0, so `apply_adapter`, `remove_adapter`,
+/// `swap_adapter` and `set_adapters` act there; the `_in` forms take a slot.
+impl Model {
+    /// Loads the adapter at `path` (a PEFT directory or a llama.cpp LoRA
+    /// GGUF) under `name` (the directory or file name when `None`), checks
+    /// it against this model and stacks it on the device. It is not
+    /// applied yet.
+    pub fn load_adapter(
+        &mut self,
+        path: impl AsRef<Path>,
+        name: Option<&str>,
+    ) -> Result<AdapterInfo, Error> {
+        let adapter = AdapterRegistry::open(path.as_ref(), name)?;
+        self.add_adapter(adapter)
+    }
+
+    /// [`Model::load_adapter`] for an adapter already in memory.
+    pub fn add_adapter(
+        &mut self,
+        adapter: kiln_loaders::lora::LoraAdapter,
+    ) -> Result<AdapterInfo, Error> {
+        let info = self.adapters.load(adapter, &self.config, &self.device)?;
+        self.plans.retain(|k, _| !k.lora);
+        Ok(info)
+    }
+
+    /// Unloads `name` from the device; refused while a slot uses it.
+    pub fn unload_adapter(&mut self, name: &str) -> Result<(), Error> {
+        self.adapters.unload(name, &self.config, &self.device)?;
+        self.plans.retain(|k, _| !k.lora);
+        Ok(())
+    }
+
+    /// The loaded adapters, in load order.
+    pub fn adapters(&self) -> &AdapterRegistry {
+        &self.adapters
+    }
+
+    /// Makes `set` slot 0's adapters (empty: the base model).
+    pub fn set_adapters(&mut self, set: &AdapterSet) -> Result<(), Error> {
+        self.adapters.set(0, set)
+    }
+
+    /// Makes `set` the adapters of the sequence in cache slot `slot`.
+    pub fn set_adapters_in(&mut self, slot: usize, set: &AdapterSet) -> Result<(), Error> {
+        self.adapters.set(slot, set)
+    }
+
+    /// The adapters slot 0 uses.
+    pub fn active_adapters(&self) -> AdapterSet {
+        self.adapters.active(0)
+    }
+
+    /// The adapters slot `slot` uses.
+    pub fn active_adapters_in(&self, slot: usize) -> AdapterSet {
+        self.adapters.active(slot)
+    }
+
+    /// Applies loaded adapter `name` at `scale` in slot 0, beside any
+    /// already applied (their updates add).
+    pub fn apply_adapter(&mut self, name: &str, scale: f32) -> Result<(), Error> {
+        let set = self.active_adapters().with(name, scale);
+        self.set_adapters(&set)
+    }
+
+    /// Stops applying `name` in slot 0 (it stays loaded); whether it was
+    /// applied.
+    pub fn remove_adapter(&mut self, name: &str) -> Result<bool, Error> {
+        let mut set = self.active_adapters();
+        let was = set.remove(name);
+        self.set_adapters(&set)?;
+        Ok(was)
+    }
+
+    /// Replaces applied adapter `from` with loaded adapter `to` in slot 0,
+    /// at `from`'s scale.
+    pub fn swap_adapter(&mut self, from: &str, to: &str) -> Result<(), Error> {
+        let set = self.active_adapters();
+        let Some(scale) = set.iter().find(|(n, _)| *n == from).map(|(_, s)| s) else {
+            return Err(Error::UnknownAdapter {
+                name: from.to_string(),
+            });
+        };
+        let swapped = set
+            .iter()
+            .map(|(n, s)| if n == from { (to, scale) } else { (n, s) })
+            .collect();
+        self.set_adapters(&swapped)
     }
 }

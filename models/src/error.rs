@@ -52,6 +52,8 @@ pub enum ModelError {
     },
     #[error("uploading tensor `{name}`: {source}")]
     Upload { name: String, source: EngineError },
+    #[error(transparent)]
+    Lora(#[from] kiln_loaders::lora::LoraError),
     #[error("building the forward graph: {0}")]
     Graph(#[from] EngineError),
 }

@@ -12,5 +12,5 @@ pub mod testing;
 pub use error::ModelError;
 pub use llama::{
     fused_rows, Arch, Caches, ForwardGraph, ForwardInputs, GraphOptions, LlamaConfig, LlamaWeights,
-    LogitsMode, TensorNames, FUSED_ROWS, SPLIT_CHUNK,
+    LogitsMode, LoraStack, StackLayout, TensorNames, FUSED_ROWS, SPLIT_CHUNK,
 };

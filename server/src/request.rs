@@ -158,6 +158,7 @@ impl Plan {
                 stop: self.sampling.stops()?,
                 ignore_eos: self.sampling.ignore_eos.unwrap_or(false),
                 top_logprobs: self.top_logprobs,
+                adapters: None,
             },
             prompt: self.prompt,
             timeout: state.config.request_timeout,

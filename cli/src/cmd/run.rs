@@ -73,14 +73,87 @@ pub struct ModelArgs {
     /// Context length (KV cache positions); 0 = min(model's, 4096).
     #[arg(long, default_value_t = 0)]
     ctx: usize,
+    /// A LoRA adapter to apply, unmerged: a PEFT directory or a llama.cpp
+    /// LoRA .gguf, optionally with a multiplier on its scale
+    /// (`PATH:0.5`). Repeatable: the updates add.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = parse_lora)]
+    lora: Vec<LoraArg>,
     #[command(flatten)]
     device: DeviceArg,
 }
 
+/// `--lora PATH[:SCALE]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraArg {
+    pub path: PathBuf,
+    pub scale: f32,
+}
+
+/// `PATH` or `PATH:SCALE`: the part after the last `:` is the scale when
+/// it reads as a number (so `C:\x` or `dir:name` stay paths).
+pub fn parse_lora(arg: &str) -> Result<LoraArg, String> {
+    if let Some((path, scale)) = arg.rsplit_once(':') {
+        if let Ok(scale) = scale.parse::<f32>() {
+            if !scale.is_finite() {
+                return Err(format!("{arg}: the scale must be a finite number"));
+            }
+            return Ok(LoraArg {
+                path: path.into(),
+                scale,
+            });
+        }
+    }
+    Ok(LoraArg {
+        path: arg.into(),
+        scale: 1.0,
+    })
+}
+
 impl ModelArgs {
     pub fn load(self) -> Result<Model> {
-        load_model(self.model, &self.device, self.ctx)
+        let mut model = load_model(self.model, &self.device, self.ctx)?;
+        apply_loras(&mut model, &self.lora)?;
+        Ok(model)
     }
+}
+
+/// Loads each `--lora` adapter and applies it (slot 0), named after its
+/// file or directory (made unique and valid as a name).
+pub fn apply_loras(model: &mut Model, loras: &[LoraArg]) -> Result<()> {
+    for (i, lora) in loras.iter().enumerate() {
+        let stem = lora
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut name: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(100)
+            .collect();
+        if name.is_empty() || model.adapters().get(&name).is_some() {
+            name = format!(
+                "{name}{}lora{}",
+                if name.is_empty() { "" } else { "-" },
+                i + 1
+            );
+        }
+        let info = model
+            .load_adapter(&lora.path, Some(&name))
+            .with_context(|| format!("loading the LoRA adapter {}", lora.path.display()))?;
+        model.apply_adapter(&info.name, lora.scale)?;
+        eprintln!(
+            "kiln: LoRA {} ({:?}, rank {}, {} targets) x{}",
+            info.name, info.format, info.rank, info.targets, lora.scale
+        );
+    }
+    Ok(())
 }
 
 /// `--device`, shared by the commands that run a model.

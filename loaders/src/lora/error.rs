@@ -147,6 +147,9 @@ pub enum LoraErrorKind {
         base_shape: (usize, usize),
     },
 
+    #[error("the adapter is for architecture '{adapter}', but the base model is '{model}'")]
+    Architecture { adapter: String, model: String },
+
     // --- writing ---
     #[error("cannot write this adapter: {reason}")]
     Unwritable { reason: String },

@@ -22,7 +22,9 @@ use kiln_kernels::{CpuTensor, DType, TensorDesc};
 
 use crate::error::ModelError;
 use crate::llama::config::LlamaConfig;
+use crate::llama::lora::LoraStack;
 use crate::llama::weights::LlamaWeights;
+use kiln_loaders::lora::LoraModule;
 
 /// The key and value caches, one pair per layer, resident on the device
 /// for the whole session: `[slots * ctx, n_head_kv, head_dim]` F32 each.
@@ -164,14 +166,19 @@ pub struct ForwardGraph {
     pub seq: TensorId,
     /// F32 `[1, vocab]` or `[T, vocab]`.
     pub logits: TensorId,
+    /// F32 `[T, R]` when built with LoRA adapters: each row's multiplier
+    /// per stacked rank (`StackLayout::scales`).
+    pub lora_scales: Option<TensorId>,
     pub n_tokens: usize,
 }
 
-/// The three inputs of a forward.
+/// The inputs of a forward.
 pub struct ForwardInputs {
     pub tokens: CpuTensor,
     pub positions: CpuTensor,
     pub seq: CpuTensor,
+    /// F32 `[T, R]`, for a graph built with LoRA adapters.
+    pub lora_scales: Option<CpuTensor>,
 }
 
 fn i32_tensor(values: &[i32]) -> Result<CpuTensor, ModelError> {
@@ -218,6 +225,7 @@ impl ForwardInputs {
                     desc: TensorDesc::new(DType::I32, [1, 2]),
                     source,
                 })?,
+            lora_scales: None,
         })
     }
 
@@ -253,8 +261,79 @@ impl ForwardInputs {
                     desc: TensorDesc::new(DType::I32, [n, 2]),
                     source,
                 })?,
+            lora_scales: None,
         })
     }
+}
+
+impl ForwardInputs {
+    /// The same inputs with LoRA scales: `rows` rows of R values each.
+    pub fn with_lora_scales(mut self, rows: Vec<Vec<f32>>) -> Result<ForwardInputs, ModelError> {
+        let r = rows.first().map_or(0, Vec::len);
+        let shape = [rows.len(), r];
+        let values: Vec<f32> = rows.into_iter().flatten().collect();
+        let scales =
+            CpuTensor::from_f32(shape, values).map_err(|source| ModelError::TensorData {
+                name: "lora_scales".into(),
+                desc: TensorDesc::f32(shape),
+                source,
+            })?;
+        self.lora_scales = Some(scales);
+        Ok(self)
+    }
+}
+
+/// One product's LoRA side path: the stacked A `[R, in]` and B `[out, R]`,
+/// and the scales `[T, R]`.
+#[derive(Clone, Copy)]
+struct Side {
+    a: TensorId,
+    b: TensorId,
+    s: TensorId,
+}
+
+/// `y = x'·Wᵀ (+ r)` through the fused matvec (`inputs` = x, W, then the
+/// prologue's g or u, then r), plus the LoRA term when `side` is given:
+/// `u = x'·Aᵀ` by the same matvec over A, added by the product's epilogue.
+fn fused_product(
+    g: &mut Graph,
+    name: String,
+    op: QMatVec,
+    inputs: &[TensorId],
+    side: Option<Side>,
+) -> Result<TensorId, ModelError> {
+    let Some(side) = side else {
+        return Ok(g.op(name, op, inputs)?);
+    };
+    let extra = usize::from(op.prologue != Prologue::None);
+    let mut u_inputs = vec![inputs[0], side.a];
+    u_inputs.extend_from_slice(&inputs[2..2 + extra]);
+    let u_op = QMatVec::new(op.prologue, false);
+    let u = g.op(format!("{name}_lora_u"), u_op, &u_inputs)?; // [T, R]
+    let mut all = inputs.to_vec();
+    all.extend([u, side.s, side.b]);
+    Ok(g.op(name, op.with_lora(), &all)?)
+}
+
+/// `y = h·Wᵀ` through the tiled product, plus `((h·Aᵀ) ⊙ s)·Bᵀ` when
+/// `side` is given (f32 tiles: A and B are thin).
+fn tiled_product(
+    g: &mut Graph,
+    name: String,
+    mm: QMatMul,
+    h: TensorId,
+    w: TensorId,
+    side: Option<Side>,
+) -> Result<TensorId, ModelError> {
+    let y = g.op(name.clone(), mm, &[h, w])?;
+    let Some(side) = side else {
+        return Ok(y);
+    };
+    let thin = QMatMul::default();
+    let u = g.op(format!("{name}_lora_u"), thin, &[h, side.a])?; // [T, R]
+    let us = g.op(format!("{name}_lora_us"), Mul, &[u, side.s])?; // [T, R]
+    let d = g.op(format!("{name}_lora"), thin, &[us, side.b])?; // [T, out]
+    Ok(g.op(format!("{name}_lora_add"), Add, &[y, d])?)
 }
 
 impl ForwardGraph {
@@ -286,6 +365,21 @@ impl ForwardGraph {
         mode: LogitsMode,
         options: GraphOptions,
     ) -> Result<ForwardGraph, ModelError> {
+        Self::build_lora(config, weights, caches, n_tokens, mode, options, None)
+    }
+
+    /// [`ForwardGraph::build_with`] with LoRA side paths from `lora` on
+    /// every product it has a stacked pair for; the graph then takes the
+    /// scales input [`ForwardGraph::lora_scales`].
+    pub fn build_lora(
+        config: &LlamaConfig,
+        weights: &LlamaWeights,
+        caches: &Caches,
+        n_tokens: usize,
+        mode: LogitsMode,
+        options: GraphOptions,
+        lora: Option<&LoraStack>,
+    ) -> Result<ForwardGraph, ModelError> {
         let split_attention = options.split_attention;
         if n_tokens == 0 {
             return Err(ModelError::BadValue {
@@ -300,6 +394,7 @@ impl ForwardGraph {
         let positions = g.input("positions", TensorDesc::new(DType::I32, [t]));
         let seq_rows = if options.batched { t } else { 1 };
         let seq = g.input("seq", TensorDesc::new(DType::I32, [seq_rows, 2]));
+        let lora_scales = lora.map(|l| g.input("lora_scales", TensorDesc::f32([t, l.layout.rank])));
         let norm = RmsNorm::new(c.rms_eps);
         let rope = Rope {
             mode: c.rope.mode,
@@ -337,6 +432,16 @@ impl ForwardGraph {
         {
             let name = |what: &str| format!("blk.{i}.{what}");
             let w = |g: &mut Graph, what: &str, t: &DeviceTensor| g.resident(name(what), t);
+            let side = |g: &mut Graph, module: LoraModule| {
+                let (stack, s) = (lora?, lora_scales?);
+                let pair = stack.pair(i, module)?;
+                let what = module.gguf_name();
+                Some(Side {
+                    a: g.resident(name(&format!("{what}.lora_a")), &pair.a),
+                    b: g.resident(name(&format!("{what}.lora_b")), &pair.b),
+                    s,
+                })
+            };
 
             // Attention: x + o(attn(rope(q), rope(k), v)).
             let wn = w(&mut g, "attn_norm.weight", &l.attn_norm);
@@ -345,19 +450,24 @@ impl ForwardGraph {
                 w(&mut g, "attn_k.weight", &l.wk),
                 w(&mut g, "attn_v.weight", &l.wv),
             );
+            let (sq, sk, sv) = (
+                side(&mut g, LoraModule::Q),
+                side(&mut g, LoraModule::K),
+                side(&mut g, LoraModule::V),
+            );
             let (mut q, mut k, mut v) = if fused {
                 let qkv = mv(normed, false);
                 (
-                    g.op(name("attn_q"), qkv, &[x, wq, wn])?,
-                    g.op(name("attn_k"), qkv, &[x, wk, wn])?,
-                    g.op(name("attn_v"), qkv, &[x, wv, wn])?,
+                    fused_product(&mut g, name("attn_q"), qkv, &[x, wq, wn], sq)?,
+                    fused_product(&mut g, name("attn_k"), qkv, &[x, wk, wn], sk)?,
+                    fused_product(&mut g, name("attn_v"), qkv, &[x, wv, wn], sv)?,
                 )
             } else {
                 let h = g.op(name("attn_norm"), norm, &[x, wn])?; // [T, n_embd]
                 (
-                    g.op(name("attn_q"), mm, &[h, wq])?, // [T, q_dim]
-                    g.op(name("attn_k"), mm, &[h, wk])?, // [T, kv_dim]
-                    g.op(name("attn_v"), mm, &[h, wv])?, // [T, kv_dim]
+                    tiled_product(&mut g, name("attn_q"), mm, h, wq, sq)?, // [T, q_dim]
+                    tiled_product(&mut g, name("attn_k"), mm, h, wk, sk)?, // [T, kv_dim]
+                    tiled_product(&mut g, name("attn_v"), mm, h, wv, sv)?, // [T, kv_dim]
                 )
             };
             if let Some([bq, bk, bv]) = &l.bias {
@@ -397,10 +507,12 @@ impl ForwardGraph {
             }; // [T, n_head, head_dim]
             let a = g.reshape(a, [t, c.q_dim()])?;
             let wo = w(&mut g, "attn_output.weight", &l.wo);
+            let so = side(&mut g, LoraModule::O);
             x = if fused {
-                g.op(name("ffn_inp"), mv(Prologue::None, true), &[a, wo, x])?
+                let op = mv(Prologue::None, true);
+                fused_product(&mut g, name("ffn_inp"), op, &[a, wo, x], so)?
             } else {
-                let o = g.op(name("attn_out"), mm, &[a, wo])?; // [T, n_embd]
+                let o = tiled_product(&mut g, name("attn_out"), mm, a, wo, so)?; // [T, n_embd]
                 g.op(name("ffn_inp"), Add, &[x, o])?
             };
 
@@ -411,21 +523,30 @@ impl ForwardGraph {
                 w(&mut g, "ffn_up.weight", &l.up),
                 w(&mut g, "ffn_down.weight", &l.down),
             );
+            let (sg, su, sd) = (
+                side(&mut g, LoraModule::Gate),
+                side(&mut g, LoraModule::Up),
+                side(&mut g, LoraModule::Down),
+            );
             x = if fused {
-                let gate = g.op(name("ffn_gate"), mv(normed, false), &[x, wg, wn])?;
-                let up = g.op(name("ffn_up"), mv(normed, false), &[x, wu, wn])?;
-                g.op(
-                    name("l_out"),
-                    mv(Prologue::SwiGlu, true),
-                    &[gate, wd, up, x],
-                )?
+                let gate = fused_product(
+                    &mut g,
+                    name("ffn_gate"),
+                    mv(normed, false),
+                    &[x, wg, wn],
+                    sg,
+                )?;
+                let up =
+                    fused_product(&mut g, name("ffn_up"), mv(normed, false), &[x, wu, wn], su)?;
+                let down = mv(Prologue::SwiGlu, true);
+                fused_product(&mut g, name("l_out"), down, &[gate, wd, up, x], sd)?
             } else {
                 let h = g.op(name("ffn_norm"), norm, &[x, wn])?;
-                let gate = g.op(name("ffn_gate"), mm, &[h, wg])?; // [T, n_ff]
-                let up = g.op(name("ffn_up"), mm, &[h, wu])?; // [T, n_ff]
+                let gate = tiled_product(&mut g, name("ffn_gate"), mm, h, wg, sg)?; // [T, n_ff]
+                let up = tiled_product(&mut g, name("ffn_up"), mm, h, wu, su)?; // [T, n_ff]
                 let gate = g.op(name("ffn_silu"), Silu, &[gate])?;
                 let gu = g.op(name("ffn_gate_par"), Mul, &[gate, up])?;
-                let down = g.op(name("ffn_out"), mm, &[gu, wd])?; // [T, n_embd]
+                let down = tiled_product(&mut g, name("ffn_out"), mm, gu, wd, sd)?; // [T, n_embd]
                 g.op(name("l_out"), Add, &[x, down])?
             };
         }
@@ -470,16 +591,23 @@ impl ForwardGraph {
             positions,
             seq,
             logits,
+            lora_scales,
             n_tokens: t,
         })
     }
 
-    /// The feeds for one run.
-    pub fn feeds<'a>(&self, inputs: &'a ForwardInputs) -> [(TensorId, &'a CpuTensor); 3] {
-        [
+    /// The feeds for one run: the scales too when both the graph and the
+    /// inputs have them (a graph with LoRA fed none fails as a missing
+    /// input).
+    pub fn feeds<'a>(&self, inputs: &'a ForwardInputs) -> Vec<(TensorId, &'a CpuTensor)> {
+        let mut feeds = vec![
             (self.tokens, &inputs.tokens),
             (self.positions, &inputs.positions),
             (self.seq, &inputs.seq),
-        ]
+        ];
+        if let (Some(id), Some(s)) = (self.lora_scales, &inputs.lora_scales) {
+            feeds.push((id, s));
+        }
+        feeds
     }
 }

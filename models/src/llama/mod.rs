@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod graph;
+pub mod lora;
 pub mod weights;
 
 pub use config::{Arch, LlamaConfig, RopeConfig};
@@ -13,6 +14,7 @@ pub use graph::{
     fused_rows, Caches, ForwardGraph, ForwardInputs, GraphOptions, LogitsMode, FUSED_ROWS,
     SPLIT_CHUNK,
 };
+pub use lora::{LoraPair, LoraStack, StackLayout};
 pub use weights::{names, LayerWeights, LlamaWeights, TensorNames};
 
 #[cfg(test)]

@@ -8,4 +8,4 @@ pub mod naive;
 pub mod tiny;
 
 pub use naive::{NaiveConfig, NaiveModel};
-pub use tiny::{TinyDtypes, TinySpec, TinyTensor};
+pub use tiny::{permute_for_normal_rope, TinyDtypes, TinySpec, TinyTensor};
