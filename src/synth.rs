@@ -389,3 +389,39 @@ pub fn build(spec: SynthSpec, seed: u64) -> Result<GgufWriter, SynthError> {
 pub fn write(spec: SynthSpec, seed: u64, path: impl AsRef<Path>) -> Result<(), SynthError> {
     Ok(build(spec, seed)?.write(path)?)
 }
+
+/// A random LoRA adapter for a model of `config`'s shapes: `rank` over
+/// `modules` of every layer, alpha = rank (scale 1), A uniform in
+/// ±1/sqrt(in) and B in ±0.1/sqrt(rank), so the update is a few percent of
+/// a layer's output, as a trained adapter's. For benchmarks and tests of
+/// adapters where no real one can be fetched.
+pub fn random_adapter(
+    config: &kiln_models::LlamaConfig,
+    name: &str,
+    rank: usize,
+    modules: &[kiln_loaders::lora::LoraModule],
+    seed: u64,
+) -> Result<kiln_loaders::lora::LoraAdapter, kiln_loaders::lora::LoraError> {
+    use kiln_loaders::lora::{LoraAdapter, LoraFormat, LoraTarget};
+    let decode = |e: kiln_kernels::TensorError| {
+        kiln_loaders::lora::LoraError::new(kiln_loaders::lora::LoraErrorKind::Decode {
+            tensor: name.to_string(),
+            message: e.to_string(),
+        })
+    };
+    let mut targets = Vec::new();
+    for layer in 0..config.n_layer {
+        for &module in modules {
+            let (out, n_in) = kiln_models::llama::lora::base_shape(config, module);
+            let mut rng = Rng(seed_for(seed, &module.gguf_weight(layer)));
+            let amp_a = 1.0 / (n_in as f32).sqrt();
+            let amp_b = 0.1 / (rank as f32).sqrt();
+            let a = (0..rank * n_in).map(|_| amp_a * rng.uniform()).collect();
+            let b = (0..out * rank).map(|_| amp_b * rng.uniform()).collect();
+            let a = kiln_kernels::CpuTensor::from_f32([rank, n_in], a).map_err(decode)?;
+            let b = kiln_kernels::CpuTensor::from_f32([out, rank], b).map_err(decode)?;
+            targets.push(LoraTarget::new(layer, module, a, b, 1.0)?);
+        }
+    }
+    LoraAdapter::new(name, LoraFormat::Peft, rank as f32, targets)
+}

@@ -112,6 +112,18 @@ impl AppState {
             .cloned()
             .ok_or_else(|| ApiError::model_not_found(name))
     }
+
+    /// [`AppState::model`] for generation requests, whose model name may
+    /// carry LoRA adapters: `base+adapter[+adapter]` (an empty base is the
+    /// default model). Returns the model and the adapter names.
+    pub fn target(&self, name: Option<&str>) -> Result<(Arc<ServedModel>, Vec<String>), ApiError> {
+        let Some((base, adapters)) = name.and_then(|n| n.split_once('+')) else {
+            return Ok((self.model(name)?, Vec::new()));
+        };
+        let model = self.model(Some(base))?;
+        let adapters = adapters.split('+').map(str::to_string).collect();
+        Ok((model, adapters))
+    }
 }
 
 /// The whole service over `models` (the first is the default for requests

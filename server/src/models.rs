@@ -41,6 +41,9 @@ pub struct ModelInfo {
     /// The model's own chat template, when it ships one.
     pub chat_template: Option<String>,
     pub device: String,
+    /// LoRA adapters loaded on the model, by name (requests choose among
+    /// them).
+    pub adapters: Vec<String>,
 }
 
 impl ModelInfo {
@@ -71,6 +74,12 @@ impl ModelInfo {
             digest,
             chat_template: model.tokenizer().chat_template().map(str::to_string),
             device: model.device_name(),
+            adapters: model
+                .adapters()
+                .list()
+                .into_iter()
+                .map(|a| a.name)
+                .collect(),
             path,
         }
     }

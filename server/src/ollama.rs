@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, OllamaError};
 use crate::models::ModelInfo;
-use crate::request::{new_id, parse_json, prepare, Plan, Sampling, Stop};
+use crate::request::{
+    new_id, parse_json, prepare, requested_adapters, AdapterField, Plan, Sampling, Stop,
+};
 use crate::scheduler::{Event, Generation};
 use crate::AppState;
 
@@ -70,6 +72,8 @@ impl Options {
 #[derive(Debug, Deserialize)]
 pub struct GenerateRequest {
     pub model: Option<String>,
+    /// LoRA adapters to apply (`request::AdapterField`).
+    pub adapter: Option<AdapterField>,
     pub prompt: Option<String>,
     pub system: Option<String>,
     /// The prompt as is, not through the chat template.
@@ -85,6 +89,8 @@ pub struct GenerateRequest {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: Option<String>,
+    /// LoRA adapters to apply (`request::AdapterField`).
+    pub adapter: Option<AdapterField>,
     #[serde(default)]
     pub messages: Vec<ChatMessage>,
     pub stream: Option<bool>,
@@ -146,7 +152,8 @@ pub async fn generate(
 ) -> Result<Response, OllamaError> {
     let start = Instant::now();
     let request: GenerateRequest = parse_json(body, &state)?;
-    let model = state.model(request.model.as_deref())?;
+    let (model, named) = state.target(request.model.as_deref())?;
+    let adapters = requested_adapters(named, request.adapter.clone());
     let images = request.images.as_ref().is_some_and(|i| !i.is_empty());
     refuse_extras(request.format.as_ref(), images, request.template.as_deref())?;
     if request.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -179,6 +186,7 @@ pub async fn generate(
         max_tokens,
         sampling,
         top_logprobs: 0,
+        adapters,
     };
     run(&state, plan, reply, request.stream).await
 }
@@ -189,7 +197,8 @@ pub async fn chat(
 ) -> Result<Response, OllamaError> {
     let start = Instant::now();
     let request: ChatRequest = parse_json(body, &state)?;
-    let model = state.model(request.model.as_deref())?;
+    let (model, named) = state.target(request.model.as_deref())?;
+    let adapters = requested_adapters(named, request.adapter.clone());
     let images = request
         .messages
         .iter()
@@ -219,6 +228,7 @@ pub async fn chat(
         max_tokens,
         sampling,
         top_logprobs: 0,
+        adapters,
     };
     run(&state, plan, reply, request.stream).await
 }

@@ -25,13 +25,17 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::models::{unix_now, ServedModel};
-use crate::request::{new_id, parse_json, prepare, Plan, Sampling};
+use crate::request::{
+    new_id, parse_json, prepare, requested_adapters, AdapterField, Plan, Sampling,
+};
 use crate::scheduler::{Collected, Event, Generation, Token};
 use crate::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: Option<String>,
+    /// LoRA adapters to apply (`request::AdapterField`).
+    pub adapter: Option<AdapterField>,
     pub messages: Vec<ChatMessage>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -108,6 +112,8 @@ impl ChatMessage {
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub model: Option<String>,
+    /// LoRA adapters to apply (`request::AdapterField`).
+    pub adapter: Option<AdapterField>,
     pub prompt: Prompt,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -144,7 +150,8 @@ pub async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: ChatRequest = parse_json(body, &state)?;
-    let model = state.model(request.model.as_deref())?;
+    let (model, named) = state.target(request.model.as_deref())?;
+    let adapters = requested_adapters(named, request.adapter.clone());
     one_choice(request.n)?;
     if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::unsupported("tool calling"));
@@ -175,6 +182,7 @@ pub async fn chat(
         max_tokens: request.max_completion_tokens.or(request.max_tokens),
         sampling: request.sampling,
         top_logprobs,
+        adapters,
     };
     answer(
         &state,
@@ -191,7 +199,8 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_json(body, &state)?;
-    let model = state.model(request.model.as_deref())?;
+    let (model, named) = state.target(request.model.as_deref())?;
+    let adapters = requested_adapters(named, request.adapter.clone());
     one_choice(request.n)?;
     one_choice(request.best_of)?;
     if request.echo.unwrap_or(false) {
@@ -226,6 +235,7 @@ pub async fn completions(
         max_tokens: request.max_tokens,
         sampling: request.sampling,
         top_logprobs: request.logprobs.unwrap_or(0),
+        adapters,
     };
     answer(
         &state,
@@ -259,7 +269,17 @@ async fn answer(
 }
 
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state.models.iter().map(|m| model_object(m)).collect();
+    // Each model, then each of its adapters as `base+adapter`.
+    let data: Vec<Value> = state
+        .models
+        .iter()
+        .flat_map(|m| {
+            let adapters = m.info.adapters.iter().map(|a| format!("{}+{a}", m.name));
+            std::iter::once(m.name.clone())
+                .chain(adapters)
+                .map(|id| model_object(m, &id))
+        })
+        .collect();
     Json(json!({ "object": "list", "data": data }))
 }
 
@@ -267,13 +287,20 @@ pub async fn model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let model = state.model(Some(&id))?;
-    Ok(Json(model_object(&model)))
+    let (model, adapters) = state.target(Some(&id))?;
+    if let Some(a) = adapters.iter().find(|a| !model.info.adapters.contains(a)) {
+        return Err(ApiError::model_not_found(&format!("{}+{a}", model.name)));
+    }
+    let id = std::iter::once(model.name.clone())
+        .chain(adapters)
+        .collect::<Vec<_>>()
+        .join("+");
+    Ok(Json(model_object(&model, &id)))
 }
 
-fn model_object(m: &ServedModel) -> Value {
+fn model_object(m: &ServedModel, id: &str) -> Value {
     json!({
-        "id": m.name,
+        "id": id,
         "object": "model",
         "created": m.info.modified,
         "owned_by": "kiln",

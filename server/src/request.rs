@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use kiln::{GenerateOptions, SamplerConfig};
+use kiln::{AdapterSet, GenerateOptions, SamplerConfig};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -20,6 +20,48 @@ use crate::AppState;
 const MAX_STOPS: usize = 16;
 /// Most alternatives per token logprobs may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most LoRA adapters one request may combine.
+const MAX_ADAPTERS: usize = 8;
+
+/// `adapter`: a LoRA adapter loaded on the model (`kiln serve --lora`),
+/// or a list of them, each a name or `{"name", "scale"}`; their updates
+/// add. The model name may also carry them: `base+adapter[+adapter]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AdapterField {
+    One(String),
+    Many(Vec<AdapterEntry>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AdapterEntry {
+    Name(String),
+    Scaled {
+        name: String,
+        #[serde(default = "unit_scale")]
+        scale: f32,
+    },
+}
+
+fn unit_scale() -> f32 {
+    1.0
+}
+
+/// The adapters a request asks for: those its model name carries (at
+/// scale 1), then its `adapter` field.
+pub fn requested_adapters(named: Vec<String>, field: Option<AdapterField>) -> Vec<(String, f32)> {
+    let mut all: Vec<(String, f32)> = named.into_iter().map(|n| (n, 1.0)).collect();
+    match field {
+        None => {}
+        Some(AdapterField::One(name)) => all.push((name, 1.0)),
+        Some(AdapterField::Many(list)) => all.extend(list.into_iter().map(|e| match e {
+            AdapterEntry::Name(name) => (name, 1.0),
+            AdapterEntry::Scaled { name, scale } => (name, scale),
+        })),
+    }
+    all
+}
 
 /// The body as JSON: a body over the limit is 413, anything unreadable 400
 /// with serde's message (which says where).
@@ -123,6 +165,8 @@ pub struct Plan {
     pub max_tokens: Option<usize>,
     pub sampling: Sampling,
     pub top_logprobs: usize,
+    /// LoRA adapters by name and multiplier ([`requested_adapters`]).
+    pub adapters: Vec<(String, f32)>,
 }
 
 impl Plan {
@@ -150,6 +194,7 @@ impl Plan {
                 self.top_logprobs
             )));
         }
+        let adapters = self.adapter_set()?;
         Ok(Job {
             id: id.to_string(),
             options: GenerateOptions {
@@ -158,11 +203,47 @@ impl Plan {
                 stop: self.sampling.stops()?,
                 ignore_eos: self.sampling.ignore_eos.unwrap_or(false),
                 top_logprobs: self.top_logprobs,
-                adapters: None,
+                // Always a set, empty for the base: the slot this request
+                // gets may hold an earlier request's adapters.
+                adapters: Some(adapters),
             },
             prompt: self.prompt,
             timeout: state.config.request_timeout,
         })
+    }
+}
+
+impl Plan {
+    /// The adapters asked for, each loaded on the model, at most
+    /// [`MAX_ADAPTERS`], scales finite.
+    fn adapter_set(&self) -> Result<AdapterSet, ApiError> {
+        if self.adapters.len() > MAX_ADAPTERS {
+            return Err(ApiError::bad_request(format!(
+                "{} adapters asked for; at most {MAX_ADAPTERS} combine in one request",
+                self.adapters.len()
+            )));
+        }
+        let loaded = &self.model.info.adapters;
+        let mut set = AdapterSet::new();
+        for (name, scale) in &self.adapters {
+            if !loaded.iter().any(|l| l == name) {
+                let have = match loaded.is_empty() {
+                    true => "none is loaded (kiln serve --lora NAME=PATH)".to_string(),
+                    false => format!("loaded: {}", loaded.join(", ")),
+                };
+                return Err(ApiError::bad_request(format!(
+                    "adapter '{name}' is not loaded on model '{}'; {have}",
+                    self.model.name
+                )));
+            }
+            if !scale.is_finite() {
+                return Err(ApiError::bad_request(format!(
+                    "adapter '{name}': scale {scale} is not a finite number"
+                )));
+            }
+            set.insert(name.clone(), *scale);
+        }
+        Ok(set)
     }
 }
 

@@ -481,6 +481,18 @@ impl Worker {
             self.metrics.ended(Outcome::Error);
             return;
         };
+        // The slot's adapters are the request's (none: the base), whatever
+        // its last holder used.
+        let none = kiln::AdapterSet::new();
+        if let Err(e) = self
+            .model
+            .set_adapters_in(slot, seq.adapters().unwrap_or(&none))
+        {
+            self.free.push(slot);
+            let _ = events.try_send(Event::Failed(e.into()));
+            self.metrics.ended(Outcome::Error);
+            return;
+        }
         self.metrics.started();
         tracing::debug!(model = %self.name, request = %job.id, slot, "admitted");
         self.active.push(Active {

@@ -59,6 +59,22 @@ pub struct Args {
     /// Log lines as text, or as one JSON object each. RUST_LOG filters.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Load a LoRA adapter (a PEFT directory or a llama.cpp LoRA .gguf)
+    /// on the first model under NAME (repeatable). Requests choose it by
+    /// `"adapter": "NAME"` or the model name `MODEL+NAME`; others run the
+    /// base model, in the same batches.
+    #[arg(long = "lora", value_name = "NAME=PATH", value_parser = parse_named_lora)]
+    lora: Vec<(String, PathBuf)>,
+}
+
+/// `NAME=PATH`.
+fn parse_named_lora(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), path.into()))
+        }
+        _ => Err(format!("{arg}: expected NAME=PATH")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -94,6 +110,14 @@ pub fn run(args: Args) -> Result<()> {
         let model = Model::load(&path, &device, options)
             .with_context(|| format!("loading {}", path.display()))?;
         models.push(model);
+    }
+    if let Some(first) = models.first_mut() {
+        for (name, path) in &args.lora {
+            let info = first
+                .load_adapter(path, Some(name))
+                .with_context(|| format!("loading the LoRA adapter {}", path.display()))?;
+            tracing::info!(adapter = %info.name, rank = info.rank, targets = info.targets, "adapter loaded");
+        }
     }
     if !args.host.is_loopback() && args.api_key.is_none() {
         tracing::warn!(host = %args.host, "listening beyond loopback without --api-key: anyone who reaches the port can use the models");

@@ -7,6 +7,7 @@ mod batch;
 mod common;
 mod gpu;
 mod limits;
+mod lora;
 mod ollama;
 mod openai;
 mod python;
