@@ -512,7 +512,10 @@ fn bad_adapters_and_requests_are_typed_errors() {
     let mut other = adapter(&spec, "other", 4, &[LoraModule::V], 1);
     other.architecture = Some("gemma".into());
     let err = model.add_adapter(other).expect_err("architecture");
-    assert!(matches!(lora_kind(err), LoraErrorKind::Architecture { .. }));
+    assert!(matches!(
+        lora_kind(err),
+        LoraErrorKind::ArchitectureMismatch { .. }
+    ));
     // Missing files, and a directory that is no adapter.
     let err = model
         .load_adapter(dir.join("nowhere"), None)
@@ -581,4 +584,35 @@ fn bad_adapters_and_requests_are_typed_errors() {
         model.unload_adapter("a"),
         Err(Error::UnknownAdapter { .. })
     ));
+}
+
+/// `kiln lora merge`'s library call agrees with applying unmerged: a PEFT
+/// adapter and its llama.cpp GGUF, merged into a LLaMA GGUF (q/k rows
+/// permuted) as f32, give the logits of the adapter applied at run time.
+#[test]
+fn merge_gguf_equals_unmerged() {
+    use kiln::loaders::lora::{merge_gguf, MergeOptions, MergeOutType, MergeSource};
+    let dir = temp_dir("merge");
+    let spec = spec(Arch::Llama);
+    let base = base_gguf(&spec, &dir);
+    let a = adapter(&spec, "a", 16, &LoraModule::ALL, 9);
+    let peft = dir.join("peft");
+    write_peft(&peft, &a, DType::F32).expect("peft");
+    let gguf = dir.join("a.gguf");
+    write_gguf(&gguf, &as_gguf(&spec, &a), DType::F32).expect("gguf");
+    let mut model = load(&base, &Device::Cpu, 1);
+    model.load_adapter(&peft, Some("a")).expect("loads");
+    model.apply_adapter("a", 0.5).expect("applies");
+    let want = trace(&mut model, 5, 2);
+    for (i, path) in [&peft, &gguf].into_iter().enumerate() {
+        let adapter = LoraAdapter::open(path).expect("opens");
+        let out = dir.join(format!("merged-{i}.gguf"));
+        let options = MergeOptions {
+            outtype: MergeOutType::F32,
+            ..MergeOptions::default()
+        };
+        merge_gguf(&base, &[MergeSource::new(adapter, 0.5)], &out, &options).expect("merges");
+        let got = trace(&mut load(&out, &Device::Cpu, 1), 5, 2);
+        assert_close(&format!("merged {}", path.display()), &got, &want);
+    }
 }

@@ -42,6 +42,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write a GGUF with random weights in a preset shape (benchmarks).
     Synth(cmd::synth::Args),
+    /// LoRA adapters: merge into a base GGUF, or describe one.
+    Lora(cmd::lora::Args),
     Serve(cmd::serve::Args),
 }
 
@@ -60,6 +62,7 @@ fn main() -> Result<()> {
         Command::Rm(args) => cmd::rm::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Lora(args) => cmd::lora::run(args),
         Command::Serve(args) => cmd::serve::run(args),
     }
 }

@@ -102,6 +102,14 @@ pub enum ErrorKind {
     SizeMismatch { expected: u64, got: u64 },
     #[error("tensor '{0}' not found")]
     TensorNotFound(String),
+    #[error("declared without data: its bytes must be written through GgufWriter::stream")]
+    MissingTensorData,
+    #[error(
+        "written out of order: {}",
+        expected.as_ref().map_or("every declared tensor is already written".to_string(),
+            |e| format!("the next declared tensor is '{e}'"))
+    )]
+    StreamOrder { expected: Option<String> },
 
     // --- safetensors ---
     #[error("header length {len} runs past the end of the file ({file_len} bytes)")]

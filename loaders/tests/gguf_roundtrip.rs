@@ -288,3 +288,86 @@ fn reads_a_file_written_by_gguf_py() {
     assert_eq!((q.dtype, q.shape.clone()), (DType::Q8_0, vec![2, 32]));
     assert_eq!(file.tensor("norm.weight").unwrap().dtype, DType::F16);
 }
+
+#[test]
+fn streamed_tensors_give_the_same_file_as_whole_ones() {
+    let a = bytes(4 * 5, 1); // F32 [5]
+    let b = bytes(2 * 34, 2); // Q8_0 [2, 32]
+    let c = bytes(3 * 2, 3); // F16 [3]
+    let mut whole = GgufWriter::new();
+    whole.add("general.alignment", Value::U32(64)).unwrap();
+    whole.add_tensor("a", DType::F32, &[5], a.clone()).unwrap();
+    whole
+        .add_tensor("b", DType::Q8_0, &[2, 32], b.clone())
+        .unwrap();
+    whole.add_tensor("c", DType::F16, &[3], c.clone()).unwrap();
+
+    // `a` and `c` carry their data; `b` is declared and streamed.
+    let mut streamed = GgufWriter::new();
+    streamed.add("general.alignment", Value::U32(64)).unwrap();
+    streamed.add_tensor("a", DType::F32, &[5], a).unwrap();
+    streamed.declare_tensor("b", DType::Q8_0, &[2, 32]).unwrap();
+    streamed.add_tensor("c", DType::F16, &[3], c).unwrap();
+    let mut stream = streamed.stream(Vec::new()).unwrap();
+    stream.write_tensor("b", &b).unwrap();
+    let out = stream.finish().unwrap();
+    assert_eq!(out, whole.to_bytes().unwrap());
+    let file = GgufFile::from_bytes(out, "streamed.gguf").unwrap();
+    assert_eq!(file.tensor_data("b").unwrap(), &b[..]);
+}
+
+#[test]
+fn streams_refuse_wrong_order_sizes_and_missing_tensors() {
+    let mut w = GgufWriter::new();
+    w.declare_tensor("x", DType::F32, &[2]).unwrap();
+    w.declare_tensor("y", DType::F32, &[3]).unwrap();
+    let kind = |e: kiln_loaders::LoadError| e.kind;
+
+    // Whole-file writes need every tensor's data, and write nothing without.
+    assert!(matches!(
+        w.to_bytes().map_err(kind),
+        Err(ErrorKind::MissingTensorData)
+    ));
+    let mut sink = Vec::new();
+    assert!(w.write_to(&mut sink).is_err());
+    assert!(sink.is_empty());
+
+    let mut s = w.stream(Vec::new()).unwrap();
+    match s.write_tensor("y", &[0; 12]).map_err(kind) {
+        Err(ErrorKind::StreamOrder { expected }) => assert_eq!(expected.as_deref(), Some("x")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.write_tensor("x", &[0; 7]).map_err(kind),
+        Err(ErrorKind::SizeMismatch {
+            expected: 8,
+            got: 7
+        })
+    ));
+    s.write_tensor("x", &[0; 8]).unwrap();
+    let err = s.finish().err().unwrap();
+    assert!(matches!(err.kind, ErrorKind::MissingTensorData));
+    assert_eq!(err.tensor.as_deref(), Some("y"));
+
+    let mut s = w.stream(Vec::new()).unwrap();
+    s.write_tensor("x", &[0; 8]).unwrap();
+    s.write_tensor("y", &[0; 12]).unwrap();
+    assert!(matches!(
+        s.write_tensor("z", &[]).map_err(kind),
+        Err(ErrorKind::StreamOrder { expected: None })
+    ));
+    let bytes = s.finish().unwrap();
+    assert_eq!(
+        GgufFile::from_bytes(bytes, "s.gguf")
+            .unwrap()
+            .tensors()
+            .len(),
+        2
+    );
+    assert!(matches!(
+        w.declare_tensor("x", DType::F32, &[2])
+            .map(drop)
+            .map_err(kind),
+        Err(ErrorKind::DuplicateTensor)
+    ));
+}

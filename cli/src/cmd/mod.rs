@@ -4,6 +4,7 @@ pub mod devices;
 pub mod info;
 pub mod list;
 pub mod logits;
+pub mod lora;
 pub mod perplexity;
 pub mod pull;
 pub mod rm;

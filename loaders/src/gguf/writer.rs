@@ -5,6 +5,12 @@
 //! relative to the data section, each tensor's data padded with zeros to
 //! the alignment (the last one too: llama.cpp sizes the data section as the
 //! sum of padded sizes), and names shorter than `GGML_MAX_NAME`.
+//!
+//! Tensors either carry their bytes ([`GgufWriter::add_tensor`]) or are only
+//! declared ([`GgufWriter::declare_tensor`]) and streamed later through
+//! [`GgufWriter::stream`]: the header needs every tensor's dtype and shape
+//! up front, not its data, so a tool rewriting a model (`kiln lora merge`)
+//! holds one tensor in memory at a time, not the model.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -22,7 +28,10 @@ const ALIGNMENT_KEY: &str = "general.alignment";
 struct PendingTensor {
     name: String,
     desc: TensorDesc,
-    data: Vec<u8>,
+    /// `desc.byte_size()`, checked when the tensor was added.
+    size: usize,
+    /// `None` for a tensor declared now and streamed later.
+    data: Option<Vec<u8>>,
 }
 
 /// Collects metadata and tensors, then writes them as one GGUF file.
@@ -125,8 +134,41 @@ impl GgufWriter {
         shape: &[usize],
         data: impl Into<Vec<u8>>,
     ) -> Result<&mut Self, LoadError> {
-        let name = name.into();
         let data = data.into();
+        let t = self.check_tensor(name.into(), dtype, shape)?;
+        if t.size != data.len() {
+            return Err(LoadError::new(ErrorKind::SizeMismatch {
+                expected: t.size as u64,
+                got: data.len() as u64,
+            })
+            .tensor(t.name));
+        }
+        self.push(PendingTensor {
+            data: Some(data),
+            ..t
+        })
+    }
+
+    /// Declares a tensor whose bytes are written later, in declaration
+    /// order, through [`stream`](Self::stream). The checks are
+    /// [`add_tensor`](Self::add_tensor)'s.
+    pub fn declare_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<&mut Self, LoadError> {
+        let t = self.check_tensor(name.into(), dtype, shape)?;
+        self.push(t)
+    }
+
+    /// A tensor entry without data, after checking name, shape and dtype.
+    fn check_tensor(
+        &self,
+        name: String,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<PendingTensor, LoadError> {
         let fail = |kind| LoadError::new(kind).tensor(name.clone());
         if name.len() > MAX_NAME_BYTES {
             return Err(fail(ErrorKind::NameTooLong {
@@ -150,27 +192,38 @@ impl GgufWriter {
             }));
         }
         let shape_u64 = || shape.iter().map(|&d| d as u64).collect();
-        let expected = desc
+        let size = desc
             .byte_size()
             .ok_or_else(|| fail(ErrorKind::ShapeOverflow { shape: shape_u64() }))?;
-        if expected != data.len() {
-            return Err(fail(ErrorKind::SizeMismatch {
-                expected: expected as u64,
-                got: data.len() as u64,
-            }));
+        Ok(PendingTensor {
+            name,
+            desc,
+            size,
+            data: None,
+        })
+    }
+
+    fn push(&mut self, t: PendingTensor) -> Result<&mut Self, LoadError> {
+        if !self.names.insert(t.name.clone()) {
+            return Err(LoadError::new(ErrorKind::DuplicateTensor).tensor(t.name));
         }
-        if !self.names.insert(name.clone()) {
-            return Err(fail(ErrorKind::DuplicateTensor));
-        }
-        self.tensors.push(PendingTensor { name, desc, data });
+        self.tensors.push(t);
         Ok(self)
+    }
+
+    /// The data of a tensor added with its bytes; an error for one only
+    /// declared (its bytes must come through [`stream`](Self::stream)).
+    fn data_of(t: &PendingTensor) -> Result<&[u8], LoadError> {
+        t.data
+            .as_deref()
+            .ok_or_else(|| LoadError::new(ErrorKind::MissingTensorData).tensor(t.name.clone()))
     }
 
     /// The whole file as bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, LoadError> {
         let mut out = self.header()?;
         for t in &self.tensors {
-            out.extend_from_slice(&t.data);
+            out.extend_from_slice(GgufWriter::data_of(t)?);
             pad(&mut out, self.align());
         }
         Ok(out)
@@ -200,7 +253,7 @@ impl GgufWriter {
             }
             out.extend_from_slice(&t.desc.dtype.info().ggml_id.to_le_bytes());
             out.extend_from_slice(&(offset as u64).to_le_bytes());
-            offset += t.data.len().next_multiple_of(align);
+            offset += t.size.next_multiple_of(align);
         }
         pad(&mut out, align);
         Ok(out)
@@ -211,21 +264,26 @@ impl GgufWriter {
     }
 
     /// Writes the file to `w`, tensor by tensor: no second copy of the
-    /// data is made (multi-GiB models).
-    pub fn write_to(&self, mut w: impl Write) -> Result<(), LoadError> {
-        let io = |e| LoadError::new(ErrorKind::Io(e));
-        w.write_all(&self.header()?).map_err(io)?;
-        let zeros = vec![0u8; self.align().min(1 << 16)];
+    /// data is made (multi-GiB models). Every tensor must carry its data.
+    pub fn write_to(&self, w: impl Write) -> Result<(), LoadError> {
+        // Refuse before writing anything, rather than leave a header behind.
         for t in &self.tensors {
-            w.write_all(&t.data).map_err(io)?;
-            let mut padding = t.data.len().next_multiple_of(self.align()) - t.data.len();
-            while padding > 0 {
-                let n = padding.min(zeros.len());
-                w.write_all(&zeros[..n]).map_err(io)?;
-                padding -= n;
-            }
+            GgufWriter::data_of(t)?;
         }
-        w.flush().map_err(io)
+        self.stream(w)?.finish().map(drop)
+    }
+
+    /// Writes the header to `w` and returns a [`TensorStream`] that takes
+    /// the declared tensors' bytes in declaration order. Tensors added with
+    /// their data are written as the stream reaches them.
+    pub fn stream<W: Write>(&self, mut w: W) -> Result<TensorStream<'_, W>, LoadError> {
+        w.write_all(&self.header()?).map_err(io)?;
+        Ok(TensorStream {
+            writer: self,
+            w,
+            next: 0,
+            zeros: vec![0u8; self.align().min(1 << 16)],
+        })
     }
 
     /// Writes the file at `path`.
@@ -234,6 +292,82 @@ impl GgufWriter {
         let file = std::fs::File::create(path).map_err(|e| LoadError::io(path, e))?;
         self.write_to(std::io::BufWriter::with_capacity(1 << 20, file))
             .map_err(|e| e.in_file(path.display().to_string()))
+    }
+}
+
+fn io(e: std::io::Error) -> LoadError {
+    LoadError::new(ErrorKind::Io(e))
+}
+
+/// A GGUF file being written tensor by tensor: the header is out, and each
+/// declared tensor's bytes go in with [`write_tensor`](Self::write_tensor),
+/// in the order the tensors were declared. [`finish`](Self::finish) checks
+/// every tensor was written and flushes.
+pub struct TensorStream<'a, W: Write> {
+    writer: &'a GgufWriter,
+    w: W,
+    /// Index of the next tensor to write.
+    next: usize,
+    zeros: Vec<u8>,
+}
+
+impl<W: Write> TensorStream<'_, W> {
+    /// Writes the next declared tensor, `name`, whose bytes must be its
+    /// dtype and shape's size; tensors added with data before it are written
+    /// first.
+    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<(), LoadError> {
+        self.write_ready()?;
+        let Some(t) = self.writer.tensors.get(self.next) else {
+            return Err(LoadError::new(ErrorKind::StreamOrder { expected: None }).tensor(name));
+        };
+        if t.name != name {
+            return Err(LoadError::new(ErrorKind::StreamOrder {
+                expected: Some(t.name.clone()),
+            })
+            .tensor(name));
+        }
+        if data.len() != t.size {
+            return Err(LoadError::new(ErrorKind::SizeMismatch {
+                expected: t.size as u64,
+                got: data.len() as u64,
+            })
+            .tensor(name));
+        }
+        self.put(data, t.size)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes the tensors that carry their data, up to the next declared one.
+    fn write_ready(&mut self) -> Result<(), LoadError> {
+        while let Some(t) = self.writer.tensors.get(self.next) {
+            let Some(data) = &t.data else { break };
+            self.put(data, t.size)?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// One tensor's bytes and the zeros that pad them to the alignment.
+    fn put(&mut self, data: &[u8], size: usize) -> Result<(), LoadError> {
+        self.w.write_all(data).map_err(io)?;
+        let mut padding = size.next_multiple_of(self.writer.align()) - size;
+        while padding > 0 {
+            let n = padding.min(self.zeros.len());
+            self.w.write_all(&self.zeros[..n]).map_err(io)?;
+            padding -= n;
+        }
+        Ok(())
+    }
+
+    /// Checks every tensor was written, flushes, and hands back the sink.
+    pub fn finish(mut self) -> Result<W, LoadError> {
+        self.write_ready()?;
+        if let Some(t) = self.writer.tensors.get(self.next) {
+            return Err(LoadError::new(ErrorKind::MissingTensorData).tensor(t.name.clone()));
+        }
+        self.w.flush().map_err(io)?;
+        Ok(self.w)
     }
 }
 

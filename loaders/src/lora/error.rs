@@ -147,8 +147,31 @@ pub enum LoraErrorKind {
         base_shape: (usize, usize),
     },
 
-    #[error("the adapter is for architecture '{adapter}', but the base model is '{model}'")]
-    Architecture { adapter: String, model: String },
+    // --- merging into a base model ---
+    #[error("nothing to merge: no adapters given")]
+    NoAdapters,
+    #[error("the multiplier {value} is not a finite number")]
+    BadMultiplier { value: f64 },
+    #[error(
+        "the adapter is for architecture '{adapter}', but the base model is {}",
+        base.as_ref().map_or("of no stated architecture (no general.architecture)".to_string(),
+            |b| format!("'{b}'"))
+    )]
+    ArchitectureMismatch {
+        adapter: String,
+        base: Option<String>,
+    },
+    #[error("'{tensor}' is {dtype}, which kiln cannot dequantize, so no LoRA can merge into it")]
+    NoDequantizer { tensor: String, dtype: String },
+    #[error(
+        "merged '{tensor}' cannot be written as {dtype}: kiln has no reference quantizer for \
+         it; choose the f16 or f32 output type"
+    )]
+    NoQuantizer { tensor: String, dtype: String },
+    #[error("unknown output type '{given}': expected f16, f32 or same")]
+    UnknownOutType { given: String },
+    #[error("already exists; pass --force (MergeOptions::overwrite) to replace it")]
+    OutputExists,
 
     // --- writing ---
     #[error("cannot write this adapter: {reason}")]

@@ -23,6 +23,8 @@ mod base;
 mod config;
 mod error;
 mod gguf;
+mod merge;
+mod order;
 mod peft;
 mod write;
 
@@ -34,6 +36,11 @@ use kiln_kernels::{quant, CpuTensor, DType, TensorDesc};
 pub use base::BaseShapes;
 pub use config::{PeftConfig, TargetModules};
 pub use error::{LoraError, LoraErrorKind};
+pub use merge::{
+    merge_gguf, merge_gguf_to, merge_weight, MergeOptions, MergeOutType, MergeReport, MergeSource,
+    MergedTensor, MERGED_COUNT_KEY,
+};
+pub use order::QkOrder;
 pub use write::{write_gguf, write_peft};
 
 /// The PEFT config's file name.

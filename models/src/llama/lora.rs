@@ -15,15 +15,17 @@
 //! PEFT's rank and alpha patterns), and `s[m, r]` is the multiplier row m
 //! gives adapter j (0 when the row does not use it). Applying, removing or
 //! swapping loaded adapters rewrites `s` only; loading or unloading one
-//! rebuilds the stacks (and the plans that read them).
+//! rebuilds the stacks (and the plans that read them). Each adapter's q/k
+//! rows are put in the model's order first (`QkOrder`: PEFT adapters on
+//! LLaMA GGUFs are permuted as the base is).
 
 use kiln_engine::{Device, DeviceTensor};
 use kiln_kernels::rope::RopeMode;
 use kiln_kernels::{CpuTensor, TensorDesc};
-use kiln_loaders::lora::{LoraAdapter, LoraError, LoraErrorKind, LoraFormat, LoraModule};
+use kiln_loaders::lora::{LoraAdapter, LoraError, LoraErrorKind, LoraModule, QkOrder};
 
 use crate::error::ModelError;
-use crate::llama::config::{Arch, LlamaConfig};
+use crate::llama::config::LlamaConfig;
 
 /// One product's stacked pair.
 #[derive(Clone, Debug)]
@@ -98,6 +100,15 @@ impl LoraStack {
             validate(config, a).map_err(ModelError::Lora)?;
         }
         let layout = StackLayout::new(adapters);
+        let order = QkOrder {
+            permuted: config.rope.mode == RopeMode::Normal,
+            n_head: config.n_head,
+            n_head_kv: config.n_head_kv,
+        };
+        let adapters: Vec<LoraAdapter> = adapters
+            .iter()
+            .map(|a| (*a).clone().in_qk_order(config.arch.name(), order))
+            .collect::<Result<_, _>>()?;
         let r_total = layout.rank;
         let mut layers = Vec::with_capacity(config.n_layer);
         for layer in 0..config.n_layer {
@@ -116,10 +127,9 @@ impl LoraStack {
                     let a = t.a.as_f32().unwrap_or_default(); // [r, in]
                     let b = t.b.as_f32().unwrap_or_default(); // [out, r]
                     a_all[off * n_in..(off + r) * n_in].copy_from_slice(&a[..r * n_in]);
-                    let rows = row_order(config, adapter, module, out);
-                    for (o, &from) in rows.iter().enumerate() {
+                    for o in 0..out {
                         for k in 0..r {
-                            b_all[o * r_total + off + k] = b[from * r + k] * t.scale;
+                            b_all[o * r_total + off + k] = b[o * r + k] * t.scale;
                         }
                     }
                 }
@@ -177,62 +187,14 @@ pub fn validate(config: &LlamaConfig, adapter: &LoraAdapter) -> Result<(), LoraE
     if let Some(arch) = &adapter.architecture {
         let ours = config.arch.name();
         if arch != ours {
-            return Err(LoraError::new(LoraErrorKind::Architecture {
+            return Err(LoraError::new(LoraErrorKind::ArchitectureMismatch {
                 adapter: arch.clone(),
-                model: ours.to_string(),
+                base: Some(ours.to_string()),
             })
             .in_file(format!("adapter '{}'", adapter.name)));
         }
     }
     Ok(())
-}
-
-/// For each output row of the model's weight, the adapter's `B` row that
-/// belongs there. Only q and k can differ: llama.cpp's converter permutes
-/// their rows for LLaMA so that normal (interleaved) rope pairs them
-/// (`convert_hf_to_gguf.py`, `LlamaModel.permute`), and does the same to a
-/// LoRA's `lora_b` (`convert_lora_to_gguf.py`); kiln runs HF checkpoints
-/// unpermuted with neox rope. So a PEFT adapter (HF order) on a model run
-/// with normal rope is permuted, a llama GGUF adapter (permuted) on a model
-/// run with neox rope is unpermuted, and otherwise rows map to themselves.
-fn row_order(
-    config: &LlamaConfig,
-    adapter: &LoraAdapter,
-    module: LoraModule,
-    out: usize,
-) -> Vec<usize> {
-    let identity = (0..out).collect();
-    let heads = match module {
-        LoraModule::Q => config.n_head,
-        LoraModule::K => config.n_head_kv,
-        _ => return identity,
-    };
-    let model_permuted = config.rope.mode == RopeMode::Normal;
-    let adapter_permuted = adapter.format == LoraFormat::Gguf
-        && adapter
-            .architecture
-            .as_deref()
-            .map_or(config.arch == Arch::Llama, |a| a == "llama");
-    if model_permuted == adapter_permuted {
-        return identity;
-    }
-    let hd = out / heads.max(1);
-    let mut rows: Vec<usize> = (0..out).collect();
-    for h in 0..heads {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                // HF row (h, j, i) sits at permuted row (h, i, j).
-                let hf = h * hd + j * (hd / 2) + i;
-                let permuted = h * hd + 2 * i + j;
-                if model_permuted {
-                    rows[permuted] = hf;
-                } else {
-                    rows[hf] = permuted;
-                }
-            }
-        }
-    }
-    rows
 }
 
 #[cfg(test)]
