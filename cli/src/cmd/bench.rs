@@ -18,7 +18,8 @@ use kiln::{CpuTensor, DType, Graph, TensorDesc};
 use kiln::{Model, ModelOptions};
 use serde_json::json;
 
-use crate::cmd::run::{model_path, DeviceArg};
+use crate::cmd::run::{apply_loras, model_path, parse_lora, DeviceArg, LoraArg};
+use kiln::loaders::lora::LoraModule;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -60,8 +61,47 @@ pub struct Args {
     profile: bool,
     #[arg(long, value_enum, default_value_t = Format::Md)]
     format: Format,
+    /// Run with this LoRA adapter applied (repeatable; PATH[:SCALE]).
+    #[arg(long = "lora", value_name = "PATH[:SCALE]", value_parser = parse_lora)]
+    lora: Vec<LoraArg>,
+    /// Run with a random LoRA adapter of this rank applied, in the
+    /// model's shapes (no file needed).
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// The modules the random adapter adapts: `all`, or a comma list of
+    /// q, k, v, o, gate, up, down.
+    #[arg(long, default_value = "q,v", value_parser = parse_modules)]
+    lora_modules: Modules,
     #[command(flatten)]
     device: DeviceArg,
+}
+
+/// `--lora-modules`.
+#[derive(Clone, Debug)]
+struct Modules(Vec<LoraModule>);
+
+fn parse_modules(arg: &str) -> Result<Modules, String> {
+    if arg == "all" {
+        return Ok(Modules(LoraModule::ALL.to_vec()));
+    }
+    let short = |m: LoraModule| match m {
+        LoraModule::Q => "q",
+        LoraModule::K => "k",
+        LoraModule::V => "v",
+        LoraModule::O => "o",
+        LoraModule::Gate => "gate",
+        LoraModule::Up => "up",
+        LoraModule::Down => "down",
+    };
+    arg.split(',')
+        .map(|name| {
+            LoraModule::ALL
+                .into_iter()
+                .find(|&m| short(m) == name || m.hf_name() == name || m.gguf_name() == name)
+                .ok_or_else(|| format!("unknown module '{name}': use all or q,k,v,o,gate,up,down"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Modules)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -147,6 +187,27 @@ pub fn run(args: Args) -> Result<()> {
             (model, info)
         }
     };
+    apply_loras(&mut model, &args.lora)?;
+    let mut lora_label = String::new();
+    if let Some(rank) = args.lora_rank {
+        if rank == 0 {
+            bail!("--lora-rank must be at least 1");
+        }
+        let modules = &args.lora_modules.0;
+        let adapter = synth::random_adapter(model.config(), "random", rank, modules, 1)?;
+        model.add_adapter(adapter)?;
+        model.apply_adapter("random", 1.0)?;
+        let names: Vec<&str> = modules.iter().map(|m| m.hf_name()).collect();
+        lora_label = format!(" +lora r{rank} {}", names.join(","));
+    }
+    if !args.lora.is_empty() {
+        lora_label += &format!(" +{} lora", args.lora.len());
+    }
+    // Every slot uses what slot 0 has applied.
+    let active = model.active_adapters();
+    for slot in 1..args.batch {
+        model.set_adapters_in(slot, &active)?;
+    }
     let vocab = model.vocab_size() as u64;
     // Fixed pseudo-random ids: the same work on every run.
     let tokens: Vec<u32> = (0..args.n_prompt.max(1) as u64)
@@ -164,7 +225,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         rows.push(Row {
             test: format!(
-                "pp{}{}",
+                "pp{}{}{lora_label}",
                 args.n_prompt,
                 if args.device.f16_prefill { " f16" } else { "" }
             ),
@@ -172,7 +233,9 @@ pub fn run(args: Args) -> Result<()> {
         });
     }
     if args.n_gen > 0 && args.batch > 1 {
-        rows.push(batched_decode(&mut model, &args, &tokens)?);
+        let mut row = batched_decode(&mut model, &args, &tokens)?;
+        row.test += &lora_label;
+        rows.push(row);
     } else if args.n_gen > 0 {
         if args.greedy {
             model.greedy_in(0, &tokens[..1], 0)?;
@@ -194,7 +257,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         rows.push(Row {
             test: format!(
-                "tg{}{}",
+                "tg{}{}{lora_label}",
                 args.n_gen,
                 if args.greedy { " greedy" } else { "" }
             ),
