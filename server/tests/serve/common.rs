@@ -106,9 +106,14 @@ pub fn shared(test: &str) -> Option<&'static Server> {
     server.as_ref()
 }
 
+/// A client that gives up on a server silent for five minutes, not on a
+/// long request: on CI's two cores, with lavapipe busy beside it, a queued
+/// request can rightly wait minutes for its headers and a stream longer in
+/// all, while a hang still fails instead of stalling the run.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(300))
         .build()
         .expect("client")
 }
