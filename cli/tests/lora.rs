@@ -312,3 +312,117 @@ fn info_describes_an_adapter() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nothing"));
 }
+
+/// `kiln run --lora` and `kiln bench --lora-rank` on a synthetic model of
+/// SmolLM2-135M's shapes: an adapter at scale 0 leaves greedy text as the
+/// base's, one that does not fit the base is refused naming its file, and
+/// bench labels its rows with the adapter it stacked.
+#[test]
+fn run_and_bench_take_adapters() {
+    let dir = temp_dir("run");
+    let base = dir.join("base.gguf");
+    let o = kiln(&["synth", "smollm2-135m:q4_1", "-o", s(&base)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A rank-4 adapter on layer 0's q product (576 x 576).
+    let rank = 4;
+    let a = CpuTensor::from_f32([rank, 576], values(1, rank * 576)).unwrap();
+    let b = CpuTensor::from_f32([576, rank], values(2, 576 * rank)).unwrap();
+    let target = LoraTarget::new(0, LoraModule::Q, a, b, 2.0).unwrap();
+    let mut fits = LoraAdapter::new("fits", LoraFormat::Peft, 8.0, vec![target]).unwrap();
+    fits.architecture = Some("llama".into());
+    let fits_path = dir.join("fits.gguf");
+    write_gguf(&fits_path, &fits, DType::F32).unwrap();
+
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-m",
+            s(&base),
+            "--device",
+            "cpu",
+            "--temp",
+            "0",
+            "-n",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        args.push("Hello");
+        let o = kiln(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let plain = run(&[]);
+    let off = format!("{}:0", s(&fits_path));
+    let zero = run(&["--lora", &off]);
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        String::from_utf8_lossy(&zero.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("fits"),
+        "the adapter is reported: {}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
+
+    // The tiny tests' adapter has 32-wide products: refused, file named.
+    let wrong = dir.join("wrong.gguf");
+    write_gguf(
+        &wrong,
+        &adapter("wrong", 4, &[LoraModule::Q], 3),
+        DType::F32,
+    )
+    .unwrap();
+    let o = kiln(&[
+        "run",
+        "-m",
+        s(&base),
+        "--device",
+        "cpu",
+        "-n",
+        "1",
+        "--lora",
+        s(&wrong),
+        "Hi",
+    ]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("wrong.gguf"), "{stderr}");
+
+    let o = kiln(&[
+        "bench",
+        "-m",
+        s(&base),
+        "--device",
+        "cpu",
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--lora-rank",
+        "4",
+        "--lora-modules",
+        "q,v",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("tg2 +lora r4"), "{stdout}");
+    let o = kiln(&[
+        "bench",
+        "-m",
+        s(&base),
+        "--device",
+        "cpu",
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "--lora-rank",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lora-rank"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
