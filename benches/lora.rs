@@ -98,7 +98,8 @@ fn bench(c: &mut Criterion) {
             step(&mut model)
         })
     });
-    group.bench_function("base <-> adapter + decode step", |bench| {
+    // Two steps an iteration: one on the base plan, one on the adapter's.
+    group.bench_function("remove + step + apply + step", |bench| {
         bench.iter(|| {
             let active = if on_a { "a" } else { "b" };
             if model.remove_adapter(active).expect("removes") {
