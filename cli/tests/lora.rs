@@ -389,39 +389,26 @@ fn run_and_bench_take_adapters() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("wrong.gguf"), "{stderr}");
 
-    let o = kiln(&[
-        "bench",
-        "-m",
-        s(&base),
-        "--device",
-        "cpu",
-        "-p",
-        "0",
-        "-n",
-        "2",
-        "-r",
-        "1",
-        "--lora-rank",
-        "4",
-        "--lora-modules",
-        "q,v",
-    ]);
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "-m",
+            s(&base),
+            "--device",
+            "cpu",
+            "-p",
+            "0",
+            "-n",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        kiln(&args)
+    };
+    let o = bench(&["-r", "1", "--lora-rank", "4", "--lora-modules", "q,v"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains("tg2 +lora r4"), "{stdout}");
-    let o = kiln(&[
-        "bench",
-        "-m",
-        s(&base),
-        "--device",
-        "cpu",
-        "-p",
-        "0",
-        "-n",
-        "2",
-        "--lora-rank",
-        "0",
-    ]);
+    let o = bench(&["--lora-rank", "0"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--lora-rank"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -84,20 +84,16 @@ fn parse_modules(arg: &str) -> Result<Modules, String> {
     if arg == "all" {
         return Ok(Modules(LoraModule::ALL.to_vec()));
     }
-    let short = |m: LoraModule| match m {
-        LoraModule::Q => "q",
-        LoraModule::K => "k",
-        LoraModule::V => "v",
-        LoraModule::O => "o",
-        LoraModule::Gate => "gate",
-        LoraModule::Up => "up",
-        LoraModule::Down => "down",
+    // The short name is HF's without `_proj`: q_proj is q, gate_proj gate.
+    let named = |m: LoraModule, name: &str| {
+        m.hf_name().strip_suffix("_proj") == Some(name) || m.hf_name() == name
     };
     arg.split(',')
         .map(|name| {
             LoraModule::ALL
                 .into_iter()
-                .find(|&m| short(m) == name || m.hf_name() == name || m.gguf_name() == name)
+                .find(|&m| named(m, name))
+                .or_else(|| LoraModule::from_gguf_name(name))
                 .ok_or_else(|| format!("unknown module '{name}': use all or q,k,v,o,gate,up,down"))
         })
         .collect::<Result<Vec<_>, _>>()
@@ -167,6 +163,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch == 0 || args.batch > kiln::MAX_BATCH {
         bail!("-b must be 1 to {}", kiln::MAX_BATCH);
     }
+    if args.lora_rank == Some(0) {
+        bail!("--lora-rank must be at least 1");
+    }
     let device = args.device.open()?;
     let options = ModelOptions {
         ctx: args.n_prompt.max(args.n_gen + 1),
@@ -190,9 +189,6 @@ pub fn run(args: Args) -> Result<()> {
     apply_loras(&mut model, &args.lora)?;
     let mut lora_label = String::new();
     if let Some(rank) = args.lora_rank {
-        if rank == 0 {
-            bail!("--lora-rank must be at least 1");
-        }
         let modules = &args.lora_modules.0;
         let adapter = synth::random_adapter(model.config(), "random", rank, modules, 1)?;
         model.add_adapter(adapter)?;
