@@ -74,20 +74,148 @@ pub(crate) struct Dims {
 }
 
 /// The `{{IO}}` hole of both attention kernels (`attn_io.wgsl`: params,
-/// bindings and the `k_at`/`v_at` loaders) for a cache dtype, and a key
-/// suffix naming the choice.
-pub(crate) fn io_hole(dtype: DType) -> ((&'static str, String), &'static str) {
-    let (kv, load, key) = if dtype == DType::F16 {
-        let load = "fn k_at(i: u32) -> f32 { return unpack2x16float(k[i >> 1u])[i & 1u]; }\n\
-                    fn v_at(i: u32) -> f32 { return unpack2x16float(v[i >> 1u])[i & 1u]; }\n";
-        ("u32", load, "f16")
-    } else {
-        let load = "fn k_at(i: u32) -> f32 { return k[i]; }\n\
-                    fn v_at(i: u32) -> f32 { return v[i]; }\n";
-        ("f32", load, "f32")
+/// bindings and the loaders `k_at`/`v_at` of one element and
+/// `k4_at`/`v4_at` of four) for a cache dtype, and a key suffix naming the
+/// choice. `vec4` (head_dim a multiple of 4) binds the caches as vectors
+/// (vec4 of f32, or two u32s of f16 pairs) so four elements are one load.
+pub(crate) fn io_hole(dtype: DType, vec4: bool) -> ((&'static str, String), &'static str) {
+    let f16 = dtype == DType::F16;
+    let (ty, load, key) = match (f16, vec4) {
+        (true, false) => (
+            "u32",
+            "fn k_at(i: u32) -> f32 { return unpack2x16float(k[i >> 1u])[i & 1u]; }
+fn v_at(i: u32) -> f32 { return unpack2x16float(v[i >> 1u])[i & 1u]; }",
+            "f16",
+        ),
+        (true, true) => (
+            "vec2<u32>",
+            "fn k_at(i: u32) -> f32 { return unpack2x16float(k[i >> 2u][(i >> 1u) & 1u])[i & 1u]; }
+fn v_at(i: u32) -> f32 { return unpack2x16float(v[i >> 2u][(i >> 1u) & 1u])[i & 1u]; }
+fn k4_at(i: u32) -> vec4<f32> {
+    let w = k[i >> 2u];
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+fn v4_at(i: u32) -> vec4<f32> {
+    let w = v[i >> 2u];
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}",
+            "f16.v",
+        ),
+        (false, false) => (
+            "f32",
+            "fn k_at(i: u32) -> f32 { return k[i]; }
+fn v_at(i: u32) -> f32 { return v[i]; }",
+            "f32",
+        ),
+        (false, true) => (
+            "vec4<f32>",
+            "fn k_at(i: u32) -> f32 { return k[i >> 2u][i & 3u]; }
+fn v_at(i: u32) -> f32 { return v[i >> 2u][i & 3u]; }
+fn k4_at(i: u32) -> vec4<f32> { return k[i >> 2u]; }
+fn v4_at(i: u32) -> vec4<f32> { return v[i >> 2u]; }",
+            "f32.v",
+        ),
     };
-    let io = fill(IO_WGSL, &[("KV", kv.into()), ("KV_LOAD", load.into())]);
+    // Scalar bindings compose the four-element loads.
+    let composed = "
+fn k4_at(i: u32) -> vec4<f32> { return vec4<f32>(k_at(i), k_at(i + 1u), k_at(i + 2u), k_at(i + 3u)); }
+fn v4_at(i: u32) -> vec4<f32> { return vec4<f32>(v_at(i), v_at(i + 1u), v_at(i + 2u), v_at(i + 3u)); }";
+    let load = if vec4 {
+        load.to_string()
+    } else {
+        format!("{load}{composed}")
+    };
+    let io = fill(
+        IO_WGSL,
+        &[("K", ty.into()), ("V", ty.into()), ("KV_LOAD", load + "\n")],
+    );
     (("IO", io), key)
+}
+
+/// Lanes per key in the scores of attention.wgsl for `head_dim` on a
+/// device: the largest power of two that divides head_dim / 4, fits the
+/// smallest subgroup and is at most 32, or 0 (one invocation scores a key
+/// alone) without subgroups, with a head_dim not a multiple of 4 or an
+/// unknown subgroup size.
+pub(crate) fn lanes_per_key(head_dim: usize, sg: bool, caps: &Caps) -> u32 {
+    if !sg || !head_dim.is_multiple_of(4) || caps.subgroup_min_size == 0 {
+        return 0;
+    }
+    let quads = (head_dim / 4) as u32;
+    let mut lpk = 1u32;
+    while lpk * 2 <= caps.subgroup_min_size.min(32) && quads.is_multiple_of(lpk * 2) {
+        lpk *= 2;
+    }
+    lpk
+}
+
+/// Keys each lane group scores per trip of the lane-per-key scores.
+const SCORE_KEYS: u32 = 4;
+
+/// attention.wgsl's LPK, Q_LANES and SCORE holes for `lpk` lanes per key
+/// ([`lanes_per_key`]; 0 leaves the one-invocation-per-key scores): each
+/// lane holds its `head_dim / 4 / lpk` vec4s of q in registers; keys
+/// `j0 + slot + k * slots` of the block (`slots = WG / lpk`, every lane
+/// running the same trips so the shuffles see whole subgroups) are dotted
+/// and summed across the key's lanes by xor shuffles, and the score is
+/// left in `p_sh` for invocation `key - j0` to read after a barrier.
+pub(crate) fn score_holes(lpk: u32, head_dim: usize) -> [(&'static str, String); 3] {
+    if lpk == 0 {
+        return [
+            ("LPK", u(0)),
+            ("Q_LANES", String::new()),
+            ("SCORE", String::new()),
+        ];
+    }
+    let vpl = head_dim as u32 / 4 / lpk;
+    let q_lanes = format!(
+        "    let part = ids.sg_lane % LPK;
+    var qr: array<vec4<f32>, {vpl}>;
+    for (var c = 0u; c < {vpl}u; c++) {{
+        let d = 4u * (part + c * LPK);
+        qr[c] = vec4<f32>(q_sh[d], q_sh[d + 1u], q_sh[d + 2u], q_sh[d + 3u]);
+    }}
+    let slot = ids.sg_id * (ids.sg_size / LPK) + ids.sg_lane / LPK;
+    let slots = ids.n_sg * (ids.sg_size / LPK);"
+    );
+    // SCORE_KEYS keys per trip, every load issued before the first dot.
+    let mut loads = String::new();
+    let mut sums = String::new();
+    for u in 0..SCORE_KEYS {
+        loads += &format!(
+            "                let jj{u} = base + slot + {u}u * slots;
+                let kb{u} = (min(j0 + jj{u}, hi - 1u) * p.n_kv + kvh) * HD + 4u * part;\n"
+        );
+        for c in 0..vpl {
+            loads += &format!(
+                "                let k{u}_{c} = k4_at(kb{u} + {}u * LPK);\n",
+                4 * c
+            );
+        }
+        let dots: Vec<String> = (0..vpl)
+            .map(|c| format!("dot(qr[{c}], k{u}_{c})"))
+            .collect();
+        sums += &format!(
+            "                var sc{u} = {};
+                for (var o = LPK / 2u; o > 0u; o >>= 1u) {{
+                    sc{u} += subgroupShuffleXor(sc{u}, o);
+                }}
+                if part == 0u && jj{u} < n {{
+                    p_sh[jj{u}] = sc{u};
+                }}\n",
+            dots.join(" + ")
+        );
+    }
+    let score = format!(
+        "let n = min(WG, hi - j0);
+            for (var base = 0u; base < n; base += {SCORE_KEYS}u * slots) {{
+{loads}{sums}            }}
+            workgroupBarrier();
+            if j < hi {{
+                s = p_sh[lid];
+            }}"
+    );
+    [("LPK", u(lpk)), ("Q_LANES", q_lanes), ("SCORE", score)]
 }
 
 /// Checks q, k, v, seq and returns their sizes.
@@ -305,7 +433,9 @@ impl Op for Attention {
         }
         let sg = self.allow_subgroups && caps.subgroups;
         let hd = check::dim_u32(op, inputs, d.head_dim)?;
-        let (io, kv_key) = io_hole(d.kv_dtype);
+        let lpk = lanes_per_key(d.head_dim, sg, caps);
+        let (io, kv_key) = io_hole(d.kv_dtype, d.head_dim.is_multiple_of(4));
+        let [h1, h2, h3] = score_holes(lpk, d.head_dim);
         let source = fill(
             WGSL,
             &[
@@ -313,6 +443,9 @@ impl Op for Attention {
                 ("WG", u(WG)),
                 ("HD", u(hd)),
                 ("CHUNKS", u(1)),
+                h1,
+                h2,
+                h3,
                 ("FINISH", FINISH.into()),
                 (
                     "REDUCE",
@@ -326,7 +459,10 @@ impl Op for Attention {
             ],
         );
         Ok(GpuKernel {
-            key: format!("attention.hd{hd}.{kv_key}.{}", if sg { "sg" } else { "wg" }),
+            key: format!(
+                "attention.hd{hd}.{kv_key}.l{lpk}.{}",
+                if sg { "sg" } else { "wg" }
+            ),
             source: source.into(),
             entry: "main",
             params: params_bytes(&params),

@@ -7,13 +7,14 @@
 //! chunks. Inputs and semantics as [`crate::attention`]'s (q, k cache,
 //! v cache, seq with one `(start, row)` pair or one per query).
 //!
-//! Chunk `c` of a query holds its visible keys `lo + c CHUNK ..` (`lo` its
-//! first visible key), not rows `c CHUNK ..` of the cache: when several
-//! sequences share the cache (continuous batching), each query's chunks
-//! follow its own sequence, and the grid needs only enough chunks for the
-//! most keys one query sees ([`AttentionPartials::max_len`], the window),
-//! not for the whole cache. Chunks past a query's keys cost one empty
-//! workgroup each.
+//! Chunk `c` of a query holds its visible keys `lo + c len ..` (`lo` its
+//! first visible key, `len` its visible keys over the chunks, rounded up),
+//! not rows `c CHUNK ..` of the cache: when several sequences share the
+//! cache (continuous batching), each query's chunks follow its own
+//! sequence, and a short context still spreads over every chunk's
+//! workgroup. The grid needs only enough chunks for the most keys one
+//! query sees ([`AttentionPartials::max_len`], the window) at CHUNK keys
+//! each, not for the whole cache.
 //!
 //! Partials: `[T, n_head, chunks, head_dim + 2]` F32, per chunk `acc[d] =
 //! sum_j exp(s_j - m) v_j[d]`, then `m = max_j s_j`, then `l = sum_j
@@ -21,7 +22,10 @@
 
 use rayon::prelude::*;
 
-use crate::attention::{check_inputs, io_hole, softmax_sum, visible, AttnConfig, Dims, Params};
+use crate::attention::{
+    check_inputs, io_hole, lanes_per_key, score_holes, softmax_sum, visible, AttnConfig, Dims,
+    Params,
+};
 use crate::cases::{Dist, OpCase, Tolerance};
 use crate::check;
 use crate::dtype::DType;
@@ -43,10 +47,10 @@ const FINISH: &str = "let base = (item * CHUNKS + chunk) * (HD + 2u);
             out[base + HD + 1u] = l;
         }";
 
-/// Keys per chunk, = invocations per workgroup: one key each in the
-/// scores, `CHUNK / head_dim` key splits in p . V (so head_dim <= CHUNK).
-/// Smaller chunks give short contexts more workgroups but each one longer
-/// serial loops; measured on the H200, 256 wins up to tg1024.
+/// The most keys per chunk, = invocations per workgroup: a block of keys
+/// scored at once, `CHUNK / head_dim` key splits in p . V (so head_dim <=
+/// CHUNK). Chunks per query are sized by it (the most keys a query sees /
+/// CHUNK); a query with fewer keys spreads them over all of its chunks.
 pub const CHUNK: usize = 256;
 
 /// Per-chunk attention partials; see the module docs. Inputs as
@@ -131,8 +135,10 @@ impl Op for AttentionPartials {
             let qv = &q[item * hd..(item + 1) * hd];
             let (r, start) = seq.range(t);
             let seen = visible(r, start, d.ctx, self.cfg.window);
-            let lo = seen.start + c * CHUNK;
-            let keys = lo..seen.end.min(lo + CHUNK).max(lo);
+            // As the kernel: the visible keys / chunks, rounded up, each.
+            let len = seen.len().div_ceil(chunks);
+            let lo = seen.start + c * len;
+            let keys = lo..seen.end.min(lo + len).max(lo);
             let row = |j: usize| (j * d.n_kv + h / group) * hd..(j * d.n_kv + h / group + 1) * hd;
             let (acc, m, l) = softmax_sum(qv, &k, &v, keys, row, self.cfg.scale);
             for (o, a) in o.iter_mut().zip(&acc) {
@@ -155,7 +161,9 @@ impl Op for AttentionPartials {
         let (chunk, hd) = (CHUNK, d.head_dim);
         let params = Params::new(op, inputs, d, self.cfg)?;
         let sg = self.allow_subgroups && caps.subgroups;
-        let (io, kv_key) = io_hole(d.kv_dtype);
+        let lpk = lanes_per_key(hd, sg, caps);
+        let (io, kv_key) = io_hole(d.kv_dtype, hd.is_multiple_of(4));
+        let [h1, h2, h3] = score_holes(lpk, hd);
         let chunks_u = check::dim_u32(op, inputs, chunks)?;
         let source = fill(
             WGSL,
@@ -164,6 +172,9 @@ impl Op for AttentionPartials {
                 ("WG", u(chunk as u32)),
                 ("HD", u(hd as u32)),
                 ("CHUNKS", u(chunks_u)),
+                h1,
+                h2,
+                h3,
                 ("FINISH", FINISH.into()),
                 (
                     "REDUCE",
@@ -183,7 +194,7 @@ impl Op for AttentionPartials {
             .ok_or_else(|| check::shape_err(op, inputs, "too many (query, head, chunk) items"))?;
         Ok(GpuKernel {
             key: format!(
-                "attention_partials.hd{hd}.c{chunk}.n{chunks}.{kv_key}.{}",
+                "attention_partials.hd{hd}.c{chunk}.n{chunks}.{kv_key}.l{lpk}.{}",
                 if sg { "sg" } else { "wg" }
             ),
             source: source.into(),

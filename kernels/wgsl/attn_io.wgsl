@@ -1,5 +1,6 @@
 // The params (mirroring `attention::Params`, as flash_attn.wgsl's do) and
-// bindings of attention.wgsl. {{KV}} is the cache's element type.
+// bindings of attention.wgsl. {{K}} and {{V}} are the caches' element
+// types (vectors of them where head_dim is a multiple of 4).
 // Layouts: q, out [n_q, n_head, HD]; k, v [ctx, n_kv, HD], f32 or f16;
 // seq [1 or n_q, 2] (start, row) pairs (kv_append.rs).
 
@@ -16,11 +17,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<{{KV}}>;
-@group(0) @binding(3) var<storage, read> v: array<{{KV}}>;
+@group(0) @binding(2) var<storage, read> k: array<{{K}}>;
+@group(0) @binding(3) var<storage, read> v: array<{{V}}>;
 
 // k_at(i), v_at(i): element i of a cache as f32 (an F16 cache is read as
-// u32 pairs, so no f16 feature is needed).
+// u32 pairs, so no f16 feature is needed); k4_at(i), v4_at(i): elements
+// i..i + 3, one load where the caches are bound as vectors (then i is a
+// multiple of 4).
 {{KV_LOAD}}
 @group(0) @binding(4) var<storage, read> seq: array<i32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;

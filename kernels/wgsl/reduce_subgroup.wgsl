@@ -13,6 +13,7 @@ struct Ids {
     @builtin(subgroup_id) sg_id: u32,
     @builtin(subgroup_invocation_id) sg_lane: u32,
     @builtin(num_subgroups) n_sg: u32,
+    @builtin(subgroup_size) sg_size: u32,
 }
 
 // One slot per subgroup; WG slots cover even a subgroup size of 1.
