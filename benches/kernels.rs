@@ -149,23 +149,92 @@ fn prefill_7b(device: &Device, op: QMatMul, label: &str, rng: &mut StdRng) {
     );
 }
 
+/// (N, K, weight dtype) of the decode products timed: llama-7b's q/k/v/o,
+/// gate/up and down in Q4_0, llama-8b's 4096² in Q4_K, the 8b output in
+/// Q6_K, SmolLM2's tied output in Q8_0 and its gate/up in Q4_1.
+const DECODE_SHAPES: [(usize, usize, DType); 7] = [
+    (4096, 4096, DType::Q4_0),
+    (11008, 4096, DType::Q4_0),
+    (4096, 11008, DType::Q4_0),
+    (4096, 4096, DType::Q4K),
+    (49152, 4096, DType::Q6K),
+    (49152, 576, DType::Q8_0),
+    (1536, 576, DType::Q4_1),
+];
+
+/// `KILN_BENCH_SWEEP=qmatvec`: every step (quad, octet), workgroup size,
+/// row grouping and unroll of the fused matvec on each decode shape whose
+/// name contains `only` (comma-separated). One set of inputs per shape;
+/// the variants are timed round-robin twice and the best kept, so a
+/// change of GPU clocks during the sweep hits every variant alike.
+fn qmatvec_sweep(device: &Device, only: &str, rng: &mut StdRng) {
+    for (n, k, w) in DECODE_SHAPES {
+        let shape = format!("1x{k}x{n} {w}");
+        if !only.is_empty() && !only.split(',').any(|o| shape.contains(o)) {
+            continue;
+        }
+        let wdesc = TensorDesc::new(w, [n, k]);
+        let bytes = kiln_kernels::layout::gpu_bytes(&wdesc).unwrap_or(0) + 4 * (k + n);
+        let descs = [f32d(&[1, k]), wdesc];
+        let inputs: Vec<CpuTensor> = descs.iter().map(|d| random(rng, d)).collect();
+        let mut variants = Vec::new();
+        for octets in [false, true] {
+            for wg in [32, 64, 128] {
+                for rows in [1, 2, 4] {
+                    for unroll in [1, 2, 4] {
+                        let mut op = QMatVec::new(Prologue::None, false);
+                        op.shape = Some((wg, rows, unroll));
+                        op.octets = Some(octets);
+                        let step = if octets { "oct" } else { "quad" };
+                        variants.push((format!("{step} wg{wg} r{rows} u{unroll}"), op));
+                    }
+                }
+            }
+        }
+        for octets in [false, true] {
+            let op = QMatVec {
+                octets: Some(octets),
+                ..QMatVec::new(Prologue::None, false)
+            };
+            let step = if octets { "oct" } else { "quad" };
+            variants.push((format!("{step} default"), op));
+        }
+        let mut ready = Vec::new();
+        for (name, op) in variants {
+            match Graph::single_op(Arc::new(op), &descs)
+                .map_err(|e| e.to_string())
+                .and_then(|(g, ids)| {
+                    let plan = device.executor().compile(&g).map_err(|e| e.to_string())?;
+                    Ok(Ready {
+                        plan,
+                        ids,
+                        inputs: inputs.clone(),
+                    })
+                }) {
+                Ok(r) => ready.push((name, r, f64::INFINITY)),
+                Err(e) => println!("qmatvec sweep {shape} {name}: not run: {e}"),
+            }
+        }
+        for _ in 0..2 {
+            for (_, r, best) in &mut ready {
+                *best = best.min(r.median());
+            }
+        }
+        ready.sort_by(|a, b| a.2.total_cmp(&b.2));
+        for (name, _, best) in &ready {
+            println!(
+                "qmatvec sweep {shape} {name:<22} {}",
+                napkin(Work::Bytes(bytes as f64), *best)
+            );
+        }
+    }
+}
+
 /// Decode (M = 1) products by quantized weights at model shapes: the fused
 /// matvec (`qmatvec`) beside qmatmul's matvec. Bound by W's bytes.
 fn decode_benches() -> Vec<Bench> {
-    let shapes: [(usize, usize, DType); 7] = [
-        (4096, 4096, DType::Q4_0),
-        (11008, 4096, DType::Q4_0),
-        (4096, 11008, DType::Q4_0),
-        (4096, 4096, DType::Q4K),
-        (49152, 4096, DType::Q6K),
-        (49152, 576, DType::Q8_0),
-        (1536, 576, DType::Q4_1),
-    ];
-    // KILN_BENCH_SWEEP=qmatvec: every workgroup size, row grouping and
-    // unroll too.
-    let sweep = std::env::var("KILN_BENCH_SWEEP").is_ok_and(|s| s == "qmatvec");
     let mut v = Vec::new();
-    for (n, k, w) in shapes {
+    for (n, k, w) in DECODE_SHAPES {
         let wdesc = TensorDesc::new(w, [n, k]);
         let bytes = kiln_kernels::layout::gpu_bytes(&wdesc).unwrap_or(0) + 4 * (k + n);
         let mut row = |name: String, op: Arc<dyn Op>| {
@@ -176,20 +245,13 @@ fn decode_benches() -> Vec<Bench> {
                 work: Work::Bytes(bytes as f64),
             })
         };
-        if sweep {
-            for wg in [64, 128, 256] {
-                for rows in [1, 2, 4] {
-                    for unroll in [1, 2, 4] {
-                        let mut op = QMatVec::new(Prologue::None, false);
-                        op.shape = Some((wg, rows, unroll));
-                        let name = format!("qmatvec 1x{k}x{n} {w} wg{wg} r{rows} u{unroll}");
-                        row(name, Arc::new(op));
-                    }
-                }
-            }
-        }
         let plain = QMatVec::new(Prologue::None, false);
         row(format!("qmatvec 1x{k}x{n} {w}"), Arc::new(plain));
+        let quads = QMatVec {
+            octets: Some(false),
+            ..QMatVec::new(Prologue::None, false)
+        };
+        row(format!("qmatvec 1x{k}x{n} {w} quad"), Arc::new(quads));
         row(
             format!("qmatmul matvec 1x{k}x{n} {w}"),
             Arc::new(QMatMul::default()),
@@ -742,18 +804,25 @@ fn kernels(c: &mut Criterion) {
     let coop = coop_available(&caps);
     println!("device: {}", device.name());
     let mut rng = StdRng::seed_from_u64(7);
-    // KILN_BENCH_SWEEP=qmatmul sweeps qmatmul tiles only; =qmatvec adds
-    // rows to the table instead (decode_benches).
-    if let Some(which) = std::env::var_os("KILN_BENCH_SWEEP").filter(|w| w != "qmatvec") {
-        if which != "qmatmul" {
-            sweep(&device, coop, &mut rng);
-        }
-        qsweep(&device, coop, &mut rng);
-    }
-    // KILN_BENCH_ONLY=qmatmul times only the rows whose name contains it.
+    // KILN_BENCH_ONLY=qmatmul times only the rows whose name contains it
+    // (or any of several, comma-separated).
     let only = std::env::var("KILN_BENCH_ONLY").unwrap_or_default();
+    // KILN_BENCH_SWEEP=qmatmul sweeps qmatmul tiles only; =qmatvec the
+    // fused matvec's variants (qmatvec_sweep) only; anything else both
+    // matmuls'.
+    match std::env::var("KILN_BENCH_SWEEP").ok().as_deref() {
+        None => {}
+        Some("qmatvec") => return qmatvec_sweep(&device, &only, &mut rng),
+        Some(which) => {
+            if which != "qmatmul" {
+                sweep(&device, coop, &mut rng);
+            }
+            qsweep(&device, coop, &mut rng);
+        }
+    }
+    let wanted = |name: &str| only.split(',').any(|o| name.contains(o));
     let mut ready = Vec::new();
-    for b in benches(coop).into_iter().filter(|b| b.name.contains(&only)) {
+    for b in benches(coop).into_iter().filter(|b| wanted(&b.name)) {
         match Ready::new(&device, b.op.clone(), &b.inputs, &mut rng) {
             Ok(mut r) => {
                 println!("{:<40} {}", b.name, napkin(b.work, r.median()));

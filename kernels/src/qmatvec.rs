@@ -22,8 +22,10 @@
 //! LoRA lu `[.., M, R]`, ls `[.., M, R]`, lb `[N, R]` (all F32).
 //!
 //! Kernel: `qmatvec.wgsl`. Invocations stride each weight row by quads (4
-//! values), so x and W loads are coalesced across neighbouring invocations;
-//! each quad of x serves ROWS weight rows. Accumulation is f32 on
+//! values) or, for quantized weights, by octets (the two quads whose
+//! values share one weight word, decoded together), so x and W loads are
+//! coalesced across neighbouring invocations; each quad of x serves ROWS
+//! weight rows. Accumulation is f32 on
 //! dequantized weights with x never quantized. The LoRA term is spread the
 //! same way: invocation i adds ranks i, i + WG, .. of every (weight row, x
 //! row) to its partial sums before the reduction, so it costs R
@@ -46,29 +48,6 @@ const HELPERS: &str = include_str!("../wgsl/qmatmul_decode.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../wgsl/qmatmul_reduce_subgroup.wgsl");
 const REDUCE_WORKGROUP: &str = include_str!("../wgsl/qmatmul_reduce_workgroup.wgsl");
 const NAME: &str = "qmatvec";
-
-/// `inv_rms`'s reduction of `ss` into `total` through subgroups: one
-/// barrier instead of a tree's log2(WG).
-const SUM_SG: &str = "let s = subgroupAdd(ss);
-    if ids.sg_lane == 0u {
-        norm_red[ids.sg_id] = s;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < ids.n_sg; i++) {
-        total += norm_red[i];
-    }";
-
-/// `inv_rms`'s reduction through a tree in workgroup memory.
-const SUM_WG: &str = "norm_red[ids.lid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if ids.lid < s {
-            norm_red[ids.lid] += norm_red[ids.lid + s];
-        }
-        workgroupBarrier();
-    }
-    let total = norm_red[0];";
 
 /// Weight dtypes the kernel decodes: qmatmul's, so a model's weights run
 /// on both.
@@ -101,9 +80,23 @@ pub struct QMatVec {
     /// Use the subgroup reduction when the device has subgroups. Off only
     /// to test the workgroup-memory reduction on such a device.
     pub allow_subgroups: bool,
-    /// Invocations, weight rows and unrolled quads per workgroup; `None`
+    /// Invocations, weight rows and unrolled steps per workgroup; `None`
     /// picks by shape. For tuning sweeps.
     pub shape: Option<(u32, u32, u32)>,
+    /// Step by octets (two quads that share their weight words, each
+    /// loaded word decoded whole, once) rather than quads; every quantized
+    /// format has them. `None` picks by format: octets for the legacy
+    /// blocks (Q4_0 .. Q8_0), where they measured 1.3-1.6x faster at 7B
+    /// shapes on the H200, quads for the K-quants, where they did not.
+    pub octets: Option<bool>,
+}
+
+/// How one step of an invocation reads its weight row: a quad through
+/// `dq_<type>(n, t)`, or an octet through `dq8_<type>(n, o)` (two quads
+/// as a mat2x4's columns) and `oq_<type>(o)` (which two quads of x).
+enum Decode {
+    Quad(String),
+    Octet { quads: String, decode: String },
 }
 
 impl QMatVec {
@@ -114,6 +107,7 @@ impl QMatVec {
             lora: false,
             allow_subgroups: true,
             shape: None,
+            octets: None,
         }
     }
 
@@ -270,20 +264,24 @@ fn prologue_rows(prologue: Prologue, x: &[f32], extra: Option<&[f32]>, k: usize)
 }
 
 /// The kernel's per-variant code, unrolled: clamped row indices (and 1/rms
-/// per x row with the norm) before the loops, then per quad t each x row's
-/// quad loaded once and every weight row's quad decoded once, with one
-/// scalar accumulator per (weight row, x row). The main loop takes `unroll`
-/// quads WG apart per trip, every load issued before any arithmetic, so
-/// each invocation keeps rows * unroll loads in flight: a matvec is bound
-/// by memory latency as much as by bandwidth. A one-quad loop finishes.
+/// per x row with the norm) before the loops, then per step t (a quad, or
+/// an octet: two quads) each x row's quads loaded once and every weight
+/// row's step decoded once, with one scalar accumulator per (weight row,
+/// x row). The main loop takes `unroll` steps WG apart per trip, every
+/// load issued before any arithmetic, so each invocation keeps rows *
+/// unroll loads in flight: a matvec is bound by memory latency as much as
+/// by bandwidth. A one-step loop finishes.
+/// With the norm, each x row's sum of squares accumulates beside (`ss`).
 /// With LoRA, a last loop adds ranks lid, lid + WG, .. of the LoRA term to
-/// the same accumulators (each x row's u·s loaded once for all weight rows).
+/// the same accumulators, or with the norm to its own (`l`): each x row's
+/// u·s loaded once for all weight rows. The accumulators are listed in the
+/// kernel's sum order: products, squares, LoRA terms.
 fn unrolled(
     rows: u32,
     mr: u32,
     norm: bool,
     lora: bool,
-    decode: &str,
+    decode: &Decode,
     unroll: u32,
     wg: u32,
 ) -> (String, String, String) {
@@ -291,9 +289,6 @@ fn unrolled(
     let mut accs = Vec::new();
     for i in 0..mr {
         setup += &format!("    let xm{i} = min(m0 + {i}u, p.m - 1u);\n");
-        if norm {
-            setup += &format!("    let inv{i} = inv_rms(xm{i}, ids);\n");
-        }
     }
     for r in 0..rows {
         setup += &format!("    let wn{r} = min(n0 + {r}u, p.n - 1u);\n");
@@ -302,37 +297,91 @@ fn unrolled(
             accs.push(format!("a{r}_{i}"));
         }
     }
-    let body = |quads: u32| {
+    if norm {
+        for i in 0..mr {
+            setup += &format!("    var ss{i} = 0.0;\n");
+            accs.push(format!("ss{i}"));
+        }
+    }
+    // With the norm the LoRA term (from x' already normed) sums apart.
+    let lora_acc = |r: u32, i: u32| {
+        if norm {
+            format!("l{r}_{i}")
+        } else {
+            format!("a{r}_{i}")
+        }
+    };
+    if norm && lora {
+        for r in 0..rows {
+            for i in 0..mr {
+                setup += &format!("    var l{r}_{i} = 0.0;\n");
+                accs.push(format!("l{r}_{i}"));
+            }
+        }
+    }
+    // One x quad (`x{u}_{i}{h}` for quad `q`) as the prologue makes it:
+    // with the norm, x * g, its raw square summed into ss.
+    let x_load = |u: u32, i: u32, h: &str, q: &str| {
+        if norm {
+            format!(
+                "        let r{u}_{i}{h} = x_quad(xm{i}, {q});
+        ss{i} += dot(r{u}_{i}{h}, r{u}_{i}{h});
+        let x{u}_{i}{h} = r{u}_{i}{h} * g[{q}];\n"
+            )
+        } else {
+            format!("        let x{u}_{i}{h} = x_quad(xm{i}, {q});\n")
+        }
+    };
+    let body = |steps: u32| {
         let mut loads = String::new();
         let mut math = String::new();
-        for u in 0..quads {
+        for u in 0..steps {
             loads += &format!("        let t{u} = t + {}u;\n", u * wg);
-            for i in 0..mr {
-                loads += &format!("        let x{u}_{i} = x_quad(xm{i}, t{u})");
-                if norm {
-                    loads += &format!(" * inv{i} * g[t{u}]");
+            match decode {
+                Decode::Quad(f) => {
+                    for i in 0..mr {
+                        loads += &x_load(u, i, "", &format!("t{u}"));
+                    }
+                    for r in 0..rows {
+                        loads += &format!("        let w{u}_{r} = {f}(wn{r}, t{u});\n");
+                        for i in 0..mr {
+                            math += &format!("        a{r}_{i} += dot(w{u}_{r}, x{u}_{i});\n");
+                        }
+                    }
                 }
-                loads += ";\n";
-            }
-            for r in 0..rows {
-                loads += &format!("        let w{u}_{r} = {decode}(wn{r}, t{u});\n");
-                for i in 0..mr {
-                    math += &format!("        a{r}_{i} += dot(w{u}_{r}, x{u}_{i});\n");
+                Decode::Octet { quads, decode: f } => {
+                    loads += &format!("        let q{u} = {quads}(t{u});\n");
+                    for i in 0..mr {
+                        loads += &x_load(u, i, "a", &format!("q{u}.x"));
+                        loads += &x_load(u, i, "b", &format!("q{u}.y"));
+                    }
+                    for r in 0..rows {
+                        loads += &format!("        let w{u}_{r} = {f}(wn{r}, t{u});\n");
+                        for i in 0..mr {
+                            math += &format!(
+                                "        a{r}_{i} += dot(w{u}_{r}[0], x{u}_{i}a) + dot(w{u}_{r}[1], x{u}_{i}b);\n"
+                            );
+                        }
+                    }
                 }
             }
         }
         loads + &math
     };
+    let end = match decode {
+        Decode::Quad(_) => "p.quads",
+        Decode::Octet { .. } => "(p.quads >> 1u)",
+    };
     let mut loops = String::from("    var t = ids.lid;\n");
     if unroll > 1 {
         loops += &format!(
-            "    for (; t + {}u < p.quads; t += {}u) {{\n{}    }}\n",
+            "    for (; t + {}u < {end}; t += {}u) {{\n{}    }}\n",
             (unroll - 1) * wg,
             unroll * wg,
             body(unroll)
         );
     }
-    loops += &format!("    for (; t < p.quads; t += WG) {{\n{}    }}\n", body(1));
+    loops += &format!("    for (; t < {end}; t += WG) {{\n{}    }}\n", body(1));
     if lora {
         loops += "    for (var j = ids.lid; j < p.rank; j += WG) {\n";
         for i in 0..mr {
@@ -342,7 +391,7 @@ fn unrolled(
         for r in 0..rows {
             loops += &format!("        let lb{r} = lb[wn{r} * p.rank + j];\n");
             for i in 0..mr {
-                loops += &format!("        a{r}_{i} += lb{r} * us{i};\n");
+                loops += &format!("        {} += lb{r} * us{i};\n", lora_acc(r, i));
             }
         }
         loops += "    }\n";
@@ -448,12 +497,34 @@ impl Op for QMatVec {
         let sg = self.allow_subgroups && caps.subgroups;
         let mr = (d.m as u32).clamp(1, MAX_MR);
         let quads = (d.k / 4) as u32;
-        let mut wg: u32 = if quads >= 512 { 128 } else { 64 };
+        let helpers = HELPERS.split("// @decoder ").next().unwrap_or_default();
+        let mut parts = DECODERS.split("// @decoder ");
+        let quad_helpers = parts.next().unwrap_or_default();
+        let parts: Vec<&str> = parts.collect();
+        let section = |name: &str| {
+            parts
+                .iter()
+                .find(|p| p.split_whitespace().next() == Some(name))
+                .copied()
+        };
+        let legacy = wd.block_size() == 32;
+        let octet_section =
+            section(&format!("{}.oct", wd.name())).filter(|_| self.octets.unwrap_or(legacy));
+        let octets = octet_section.is_some();
+        // Octets at K >= 2048: one subgroup-sized workgroup, four steps in
+        // flight (the H200's best at every 7B shape); else 128 or 64
+        // invocations, two steps.
+        let big = quads >= 512;
+        let mut wg: u32 = match (big, octets) {
+            (true, true) => 32,
+            (true, false) => 128,
+            (false, _) => 64,
+        };
         // Two weight rows per workgroup where that still leaves 1024
         // workgroups: on the H200, more rows per workgroup (fewer, longer
         // workgroups) measured slower at every 7B shape.
         let mut rows = if d.n as u32 / 2 >= 1024 { 2 } else { 1 };
-        let mut unroll = 2;
+        let mut unroll = if big && octets { 4 } else { 2 };
         if let Some((w, r, u)) = self.shape {
             (wg, rows, unroll) = (
                 w.next_power_of_two().clamp(32, 256),
@@ -461,10 +532,31 @@ impl Op for QMatVec {
                 u.clamp(1, 8),
             );
         }
-        // The workgroup-memory reduction keeps WG slots per partial sum.
-        let shared = |rows: u32| 4 * wg * (rows * mr * u32::from(!sg) + 1);
-        while rows > 1 && shared(rows) > caps.max_workgroup_storage_bytes {
-            rows /= 2;
+        // Both reductions keep WG slots per partial sum: the products',
+        // with the norm each x row's squares, with the norm and LoRA the
+        // LoRA terms apart.
+        let norm = matches!(self.prologue, Prologue::Norm { .. });
+        let sums = |rows: u32| {
+            let norm_sums = if norm {
+                mr + rows * mr * u32::from(self.lora)
+            } else {
+                0
+            };
+            rows * mr + norm_sums
+        };
+        let shared = |rows: u32, wg: u32| 4 * (wg * sums(rows) + mr + rows * mr);
+        // Invocation i ends with sum i, so there must be one for every sum;
+        // and the slots must fit the device's workgroup memory.
+        loop {
+            if sums(rows) > wg && wg < 256 {
+                wg *= 2;
+            } else if rows > 1
+                && (sums(rows) > wg || shared(rows, wg) > caps.max_workgroup_storage_bytes)
+            {
+                rows /= 2;
+            } else {
+                break;
+            }
         }
         let offsets = layout::section_offsets(&inputs[1]).unwrap_or_default();
         let off = |i: usize| offsets.get(i).map_or(0, |&o| o as u32);
@@ -484,7 +576,6 @@ impl Op for QMatVec {
             eps,
             rank: d.rank as u32,
         };
-        let norm = matches!(self.prologue, Prologue::Norm { .. });
         let mut bindings = String::new();
         let mut b = 3;
         if norm {
@@ -510,22 +601,28 @@ impl Op for QMatVec {
             }
         }
         bindings += &format!("@group(0) @binding({b}) var<storage, read_write> y: array<f32>;\n");
-        let helpers = HELPERS.split("// @decoder ").next().unwrap_or_default();
-        let mut parts = DECODERS.split("// @decoder ");
-        let quad_helpers = parts.next().unwrap_or_default();
-        let decoder = parts
-            .find(|p| p.split_whitespace().next() == Some(wd.name()))
-            .ok_or(OpError::DType {
-                op: NAME,
-                dtype: wd,
-                what: "the weight",
-            })?;
+        let (decoder, decode) = match octet_section {
+            Some(oct) => (
+                oct,
+                Decode::Octet {
+                    quads: format!("oq_{}", wd.name()),
+                    decode: format!("dq8_{}", wd.name()),
+                },
+            ),
+            None => (
+                section(wd.name()).ok_or(OpError::DType {
+                    op: NAME,
+                    dtype: wd,
+                    what: "the weight",
+                })?,
+                Decode::Quad(format!("dq_{}", wd.name())),
+            ),
+        };
         let reduce = if sg {
             REDUCE_SUBGROUP
         } else {
             REDUCE_WORKGROUP
         };
-        let decode = format!("dq_{}", wd.name());
         let (setup, loops, accs) = unrolled(rows, mr, norm, self.lora, &decode, unroll, wg);
         let source = fill(
             WGSL,
@@ -544,19 +641,12 @@ impl Op for QMatVec {
                 ),
                 ("SETUP", setup),
                 ("LOOPS", loops),
-                ("SUM_SQUARES", if sg { SUM_SG } else { SUM_WG }.into()),
+                ("SUMS", u(sums(rows))),
+                ("NORM_FINISH", norm_finish(norm, self.lora)),
                 ("ACCS", accs),
-                (
-                    "STORE",
-                    if self.residual {
-                        "y[o] = total + res[o];".into()
-                    } else {
-                        "y[o] = total;".into()
-                    },
-                ),
+                ("STORE", store(norm, self.lora, self.residual)),
                 ("BINDINGS", bindings),
                 ("DECODERS", format!("{helpers}{quad_helpers}// {decoder}")),
-                ("DECODE", format!("dq_{}", wd.name())),
                 ("REDUCE", reduce.into()),
             ],
         );
@@ -579,9 +669,14 @@ impl Op for QMatVec {
         };
         Ok(GpuKernel {
             key: format!(
-                "qmatvec.{wd}{pro}{}{}.wg{wg}.r{rows}.u{unroll}.mr{mr}.{}",
+                "qmatvec.{wd}{pro}{}{}{}.wg{wg}.r{rows}.u{unroll}.mr{mr}.{}",
                 if self.residual { ".res" } else { "" },
                 if self.lora { ".lora" } else { "" },
+                if matches!(decode, Decode::Octet { .. }) {
+                    ".oct"
+                } else {
+                    ""
+                },
                 if sg { "sg" } else { "wg" }
             ),
             source: source.into(),
@@ -596,6 +691,43 @@ impl Op for QMatVec {
     fn trusted(&self) -> bool {
         true
     }
+}
+
+/// qmatvec.wgsl's NORM_FINISH: with the norm, invocation RW + mi turns x
+/// row mi's reduced sum of squares into 1 / rms for every store (a barrier
+/// all invocations pass), and with LoRA too, invocation i < RW fetches the
+/// LoRA term of its sum from slot RW + MR + i through the same memory.
+fn norm_finish(norm: bool, lora: bool) -> String {
+    if !norm {
+        return String::new();
+    }
+    let mut s = String::from(
+        "    if ids.lid >= RW && ids.lid < RW + MR {
+        inv_sh[ids.lid - RW] = 1.0 / sqrt(total / f32(p.k) + p.eps);
+    }\n",
+    );
+    if lora {
+        s += "    if ids.lid >= RW + MR && ids.lid < RM {
+        lora_sh[ids.lid - RW - MR] = total;
+    }\n";
+    }
+    s + "    workgroupBarrier();"
+}
+
+/// qmatvec.wgsl's STORE: the sum (scaled by 1 / rms with the norm, plus
+/// the LoRA term kept apart then), plus the residual.
+fn store(norm: bool, lora: bool, residual: bool) -> String {
+    let mut v = String::from("total");
+    if norm {
+        v += " * inv_sh[ids.lid % MR]";
+        if lora {
+            v += " + lora_sh[ids.lid]";
+        }
+    }
+    if residual {
+        v += " + res[o]";
+    }
+    format!("y[o] = {v};")
 }
 
 /// Every weight type on decode shapes (M = 1, 3, 8, 11), each prologue and
@@ -633,6 +765,7 @@ pub fn cases() -> Vec<OpCase> {
                 lora: false,
                 allow_subgroups: i % 3 != 2,
                 shape: None,
+                octets: Some(i % 2 == 0),
             };
             cases.push(OpCase::new(op, inputs, tolerance(k, prologue)));
         }
@@ -681,6 +814,7 @@ fn lora_cases() -> Vec<OpCase> {
             inputs.extend([f(&shape(rank)), f(&shape(rank)), f(&[n, rank])]);
             let op = QMatVec {
                 allow_subgroups: i % 3 != 2,
+                octets: Some(i % 2 == 1),
                 ..QMatVec::new(prologue, residual).with_lora()
             };
             let tol = tolerance(k + rank, prologue);

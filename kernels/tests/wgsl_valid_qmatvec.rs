@@ -1,5 +1,5 @@
 //! Every variant of the fused decode matvec (qmatvec: each weight dtype,
-//! prologue, residual, LoRA, reduction and row grouping) must parse, validate
+//! prologue, residual, LoRA, reduction, row grouping and step) must parse, validate
 //! with naga against exactly the capabilities of the device it was
 //! specialised for, and compile to SPIR-V. No GPU needed.
 
@@ -31,13 +31,19 @@ fn every_qmatvec_variant_validates() {
                     for (residual, lora) in
                         [(false, false), (true, false), (false, true), (true, true)]
                     {
-                        for allow_subgroups in [true, false] {
+                        for (allow_subgroups, octets) in [
+                            (true, Some(true)),
+                            (false, Some(true)),
+                            (true, Some(false)),
+                            (false, None),
+                        ] {
                             let op = QMatVec {
                                 prologue,
                                 residual,
                                 lora,
                                 allow_subgroups,
                                 shape: None,
+                                octets,
                             };
                             let mut inputs =
                                 vec![TensorDesc::f32([m, k]), TensorDesc::new(wd, [n, k])];

@@ -112,3 +112,159 @@ fn dq_f16(n: u32, t: u32) -> vec4<f32> {
 fn dq_f32(n: u32, t: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(w[n * p.quads + t]);
 }
+
+// Octet decoders: where two quads of a row share their weight words (the
+// low and high nibbles of one word, or Q6_K's ql/qh), `dq8_<type>(n, o)`
+// decodes octet o of row n, both quads at once, into the columns of a
+// mat2x4, and `oq_<type>(o)` says which quads of the row (of x) they are.
+// One invocation step then uses every bit of each word it loads. Q8_0's
+// octet is two neighbouring words of a block. Sections "<dtype>.oct".
+
+// @decoder q4_0.oct
+// Octet o: word o & 3 of block o >> 2 = quads (o & 3) and (o & 3) + 4.
+fn oq_q4_0(o: u32) -> vec2<u32> {
+    let t = 8u * (o >> 2u) + (o & 3u);
+    return vec2<u32>(t, t + 4u);
+}
+
+fn dq8_q4_0(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 2u);
+    let v = bytes4(word(4u * b + (o & 3u)));
+    let d = half_at(p.s1, b);
+    return mat2x4<f32>((vec4<f32>(v & vec4<u32>(15u)) - 8.0) * d, (vec4<f32>(v >> vec4<u32>(4u)) - 8.0) * d);
+}
+
+// @decoder q4_1.oct
+fn oq_q4_1(o: u32) -> vec2<u32> {
+    let t = 8u * (o >> 2u) + (o & 3u);
+    return vec2<u32>(t, t + 4u);
+}
+
+fn dq8_q4_1(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 2u);
+    let v = bytes4(word(4u * b + (o & 3u)));
+    let dm = pair_at(p.s1, b);
+    return mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)) * dm.x + dm.y, vec4<f32>(v >> vec4<u32>(4u)) * dm.x + dm.y);
+}
+
+// @decoder q5_0.oct
+fn oq_q5_0(o: u32) -> vec2<u32> {
+    let t = 8u * (o >> 2u) + (o & 3u);
+    return vec2<u32>(t, t + 4u);
+}
+
+fn dq8_q5_0(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 2u);
+    let q = o & 3u;
+    let v = bytes4(word(4u * b + q));
+    let qh = word(p.s1 + b);
+    let d = half_at(p.s2, b);
+    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * q);
+    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * q + 16u);
+    return mat2x4<f32>((vec4<f32>(lo) - 16.0) * d, (vec4<f32>(hi) - 16.0) * d);
+}
+
+// @decoder q5_1.oct
+fn oq_q5_1(o: u32) -> vec2<u32> {
+    let t = 8u * (o >> 2u) + (o & 3u);
+    return vec2<u32>(t, t + 4u);
+}
+
+fn dq8_q5_1(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 2u);
+    let q = o & 3u;
+    let v = bytes4(word(4u * b + q));
+    let qh = word(p.s1 + b);
+    let dm = pair_at(p.s2, b);
+    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * q);
+    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * q + 16u);
+    return mat2x4<f32>(vec4<f32>(lo) * dm.x + dm.y, vec4<f32>(hi) * dm.x + dm.y);
+}
+
+// @decoder q8_0.oct
+// Octet o: words 2 (o & 3), + 1 of block o >> 2 = quads 2o, 2o + 1.
+fn oq_q8_0(o: u32) -> vec2<u32> {
+    return vec2<u32>(2u * o, 2u * o + 1u);
+}
+
+fn dq8_q8_0(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 2u);
+    let i = 8u * b + 2u * (o & 3u);
+    let d = half_at(p.s1, b);
+    return mat2x4<f32>(ibytes4(word(i)) * d, ibytes4(word(i + 1u)) * d);
+}
+
+// @decoder q4_k.oct
+// Octet o of block o >> 5: r = o & 31 is word q = r & 7 of the qs run of
+// sub-blocks 2i, 2i + 1 (i = r >> 3), their low and high nibbles.
+fn oq_q4_k(o: u32) -> vec2<u32> {
+    let r = o & 31u;
+    let t = 64u * (o >> 5u) + 16u * (r >> 3u) + (r & 7u);
+    return vec2<u32>(t, t + 8u);
+}
+
+fn dq8_q4_k(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 5u);
+    let r = o & 31u;
+    let j = 2u * (r >> 3u);
+    let dm = pair_at(p.s2, b);
+    let s0 = scale_min_k4(p.s1 + 3u * b, j);
+    let s1 = scale_min_k4(p.s1 + 3u * b, j + 1u);
+    let v = bytes4(word(32u * b + 4u * j + (r & 7u)));
+    return mat2x4<f32>(
+        vec4<f32>(v & vec4<u32>(15u)) * (dm.x * s0.x) - dm.y * s0.y,
+        vec4<f32>(v >> vec4<u32>(4u)) * (dm.x * s1.x) - dm.y * s1.y,
+    );
+}
+
+// @decoder q5_k.oct
+fn oq_q5_k(o: u32) -> vec2<u32> {
+    let r = o & 31u;
+    let t = 64u * (o >> 5u) + 16u * (r >> 3u) + (r & 7u);
+    return vec2<u32>(t, t + 8u);
+}
+
+fn dq8_q5_k(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 5u);
+    let r = o & 31u;
+    let q = r & 7u;
+    let j = 2u * (r >> 3u);
+    let dm = pair_at(p.s3, b);
+    let s0 = scale_min_k4(p.s2 + 3u * b, j);
+    let s1 = scale_min_k4(p.s2 + 3u * b, j + 1u);
+    let v = bytes4(word(32u * b + 4u * j + q));
+    let h = bytes4(word(p.s1 + 8u * b + q));
+    let lo = (v & vec4<u32>(15u)) | (((h >> vec4<u32>(j)) & vec4<u32>(1u)) << vec4<u32>(4u));
+    let hi = (v >> vec4<u32>(4u)) | (((h >> vec4<u32>(j + 1u)) & vec4<u32>(1u)) << vec4<u32>(4u));
+    return mat2x4<f32>(
+        vec4<f32>(lo) * (dm.x * s0.x) - dm.y * s0.y,
+        vec4<f32>(hi) * (dm.x * s1.x) - dm.y * s1.y,
+    );
+}
+
+// @decoder q6_k.oct
+// Octet o of block o >> 5: r = o & 31 is half hf = r >> 4, ql run
+// k1 = (r >> 3) & 1, word q = r & 7: its low nibbles are sub-block
+// j = 4 hf + k1, its high ones j + 2 (qh bits 2 k1 and 2 k1 + 4).
+fn oq_q6_k(o: u32) -> vec2<u32> {
+    let r = o & 31u;
+    let t = 64u * (o >> 5u) + 32u * (r >> 4u) + 8u * ((r >> 3u) & 1u) + (r & 7u);
+    return vec2<u32>(t, t + 16u);
+}
+
+fn dq8_q6_k(n: u32, o: u32) -> mat2x4<f32> {
+    let b = n * p.blocks + (o >> 5u);
+    let r = o & 31u;
+    let hf = r >> 4u;
+    let k1 = (r >> 3u) & 1u;
+    let q = r & 7u;
+    let j = 4u * hf + k1;
+    let ql = bytes4(word(32u * b + 16u * hf + 8u * k1 + q));
+    let qh = bytes4(word(p.s1 + 16u * b + 8u * hf + q));
+    let lo = (ql & vec4<u32>(15u)) | (((qh >> vec4<u32>(2u * k1)) & vec4<u32>(3u)) << vec4<u32>(4u));
+    let hi = (ql >> vec4<u32>(4u)) | (((qh >> vec4<u32>(2u * k1 + 4u)) & vec4<u32>(3u)) << vec4<u32>(4u));
+    let d = half_at(p.s3, b);
+    let sc0 = f32(extractBits(bitcast<i32>(byte_at(p.s2 + 4u * b, 2u * j + (q >> 2u))), 0u, 8u));
+    let sc1 = f32(extractBits(bitcast<i32>(byte_at(p.s2 + 4u * b, 2u * j + 4u + (q >> 2u))), 0u, 8u));
+    return mat2x4<f32>((vec4<f32>(lo) - 32.0) * (d * sc0), (vec4<f32>(hi) - 32.0) * (d * sc1));
+}
