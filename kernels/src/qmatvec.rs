@@ -36,9 +36,11 @@ use rayon::prelude::*;
 use crate::cases::{OpCase, Tolerance};
 use crate::check;
 use crate::dtype::DType;
+use crate::kv_append;
 use crate::layout;
 use crate::op::{grid, params_bytes, Caps, GpuKernel, Op, OpError};
 use crate::quant;
+use crate::rope::{Rope, RopeMode, ANGLE_WGSL};
 use crate::template::{fill, u};
 use crate::tensor::{CpuTensor, TensorDesc};
 
@@ -89,11 +91,30 @@ pub struct QMatVec {
     /// blocks (Q4_0 .. Q8_0), where they measured 1.3-1.6x faster at 7B
     /// shapes on the H200, quads for the K-quants, where they did not.
     pub octets: Option<bool>,
+    /// y as attention heads: rotated by rope and/or written into a KV
+    /// cache (see [`Heads`]). No residual with it.
+    pub heads: Option<Heads>,
+}
+
+/// The heads epilogue: y `[.., M, N]` is `N / head_dim` heads per row.
+/// With `rope` (normal mode: pairs `(2j, 2j + 1)`, [`Rope`]'s arithmetic)
+/// each head of row m turns by the position `pos[m]` (an I32 input
+/// `[.., M]`); with `cache_rows` y goes into a KV cache `[cache_rows,
+/// N / head_dim, head_dim]` (F32) at the rows the seq input names
+/// ([`kv_append::KvAppend`]'s rule), through `Graph::write_into`, instead
+/// of out as `[.., M, N]`. The q, k and v products of a decode step then
+/// need no rope or append dispatches of their own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Heads {
+    pub head_dim: usize,
+    pub rope: Option<Rope>,
+    pub cache_rows: Option<usize>,
 }
 
 /// How one step of an invocation reads its weight row: a quad through
-/// `dq_<type>(n, t)`, or an octet through `dq8_<type>(n, o)` (two quads
-/// as a mat2x4's columns) and `oq_<type>(o)` (which two quads of x).
+/// `dq_<type>(n, t)`, or an octet through `dq8_<type>(n, o)` (two quads'
+/// quants and the scale and offset of each) and `oq_<type>(o)` (which two
+/// quads of x).
 enum Decode {
     Quad(String),
     Octet { quads: String, decode: String },
@@ -108,6 +129,7 @@ impl QMatVec {
             allow_subgroups: true,
             shape: None,
             octets: None,
+            heads: None,
         }
     }
 
@@ -117,9 +139,32 @@ impl QMatVec {
         self
     }
 
+    /// The same op with the heads epilogue.
+    pub fn with_heads(mut self, heads: Heads) -> QMatVec {
+        self.heads = Some(heads);
+        self
+    }
+
+    fn rope(&self) -> Option<Rope> {
+        self.heads.and_then(|h| h.rope)
+    }
+
+    fn cache_rows(&self) -> Option<usize> {
+        self.heads.and_then(|h| h.cache_rows)
+    }
+
+    /// Where the seq input is (with a cache store).
+    fn seq_at(&self) -> usize {
+        2 + usize::from(self.prologue != Prologue::None)
+            + usize::from(self.residual)
+            + usize::from(self.rope().is_some())
+    }
+
     fn arity(&self) -> usize {
         2 + usize::from(self.prologue != Prologue::None)
             + usize::from(self.residual)
+            + usize::from(self.rope().is_some())
+            + usize::from(self.cache_rows().is_some())
             + 3 * usize::from(self.lora)
     }
 }
@@ -139,6 +184,12 @@ struct Params {
     eps: f32,
     /// LoRA rank R (0 without LoRA).
     rank: u32,
+    head_dim: u32,
+    n_dims: u32,
+    theta_scale: f32,
+    freq_scale: f32,
+    ctx: u32,
+    per_query: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -191,12 +242,66 @@ impl QMatVec {
             }
             extra += 1;
         }
+        if let Some(h) = self.heads {
+            self.check_heads(h, inputs, &mut extra, n)?;
+        }
         let rank = if self.lora {
             lora_rank(inputs, extra, n)?
         } else {
             0
         };
         Ok(Dims { m, n, k, rank })
+    }
+
+    /// The heads epilogue's shape rules and its pos and seq inputs at
+    /// `inputs[*extra..]` (moved past them).
+    fn check_heads(
+        &self,
+        h: Heads,
+        inputs: &[TensorDesc],
+        extra: &mut usize,
+        n: usize,
+    ) -> Result<(), OpError> {
+        let err = |why: String| Err(check::shape_err(NAME, inputs, why));
+        let x = &inputs[0];
+        let rows = x.shape[..x.shape.len() - 1].iter().product::<usize>();
+        if h.head_dim == 0 || !h.head_dim.is_multiple_of(2) || !n.is_multiple_of(h.head_dim) {
+            return err(format!(
+                "heads of {} values must be even and divide N = {n}",
+                h.head_dim
+            ));
+        }
+        if self.residual {
+            return err("the heads epilogue takes no residual".into());
+        }
+        if let Some(rope) = h.rope {
+            if rope.mode != RopeMode::Normal {
+                return Err(OpError::Unsupported {
+                    op: NAME,
+                    what: "rope in neox mode (pairs a head apart) as an epilogue".into(),
+                });
+            }
+            if rope.n_dims == 0 || !rope.n_dims.is_multiple_of(2) || rope.n_dims > h.head_dim {
+                return err(format!(
+                    "rope's n_dims = {} must be even, non-zero and <= head_dim",
+                    rope.n_dims
+                ));
+            }
+            let pos = &inputs[*extra];
+            check::dtype(NAME, pos, &[DType::I32], "the positions")?;
+            if pos.numel() != Some(rows) || pos.shape.len() + 1 != x.shape.len() {
+                return err(format!(
+                    "the positions must be x's shape but K: {rows} rows"
+                ));
+            }
+            *extra += 1;
+        }
+        if h.cache_rows.is_some() {
+            let seq = &inputs[*extra];
+            kv_append::check_seq(NAME, inputs, seq, rows)?;
+            *extra += 1;
+        }
+        Ok(())
     }
 }
 
@@ -237,6 +342,18 @@ fn lora_rank(inputs: &[TensorDesc], at: usize, n: usize) -> Result<usize, OpErro
 
 fn f32s(t: &CpuTensor) -> Result<std::borrow::Cow<'_, [f32]>, OpError> {
     t.to_f32().map_err(|_| check::not_f32(NAME, t.dtype()))
+}
+
+fn opt_f32s<'a>(t: Option<&'a CpuTensor>) -> Result<Option<std::borrow::Cow<'a, [f32]>>, OpError> {
+    t.map(f32s).transpose()
+}
+
+/// An I32 input's values.
+fn ints(t: &CpuTensor) -> Vec<i32> {
+    t.bytes()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// x' row by row, as f32 (the kernel's arithmetic; the norm's mean in f64
@@ -354,12 +471,16 @@ fn unrolled(
                     for i in 0..mr {
                         loads += &x_load(u, i, "a", &format!("q{u}.x"));
                         loads += &x_load(u, i, "b", &format!("q{u}.y"));
+                        // Each quad's sum, for the octet's offsets.
+                        math += &format!(
+                            "        let s{u}_{i} = vec2<f32>(dot(x{u}_{i}a, vec4<f32>(1.0)), dot(x{u}_{i}b, vec4<f32>(1.0)));\n"
+                        );
                     }
                     for r in 0..rows {
                         loads += &format!("        let w{u}_{r} = {f}(wn{r}, t{u});\n");
                         for i in 0..mr {
                             math += &format!(
-                                "        a{r}_{i} += dot(w{u}_{r}[0], x{u}_{i}a) + dot(w{u}_{r}[1], x{u}_{i}b);\n"
+                                "        a{r}_{i} += dot(w{u}_{r}.sm, vec4<f32>(dot(w{u}_{r}.q[0], x{u}_{i}a), s{u}_{i}.x, dot(w{u}_{r}.q[1], x{u}_{i}b), s{u}_{i}.y));\n"
                             );
                         }
                     }
@@ -406,6 +527,14 @@ impl Op for QMatVec {
 
     fn output(&self, inputs: &[TensorDesc]) -> Result<TensorDesc, OpError> {
         let d = self.dims(inputs)?;
+        if let Some(Heads {
+            head_dim,
+            cache_rows: Some(ctx),
+            ..
+        }) = self.heads
+        {
+            return Ok(TensorDesc::f32([ctx, d.n / head_dim, head_dim]));
+        }
         let x = &inputs[0].shape;
         let mut shape = x[..x.len() - 1].to_vec();
         shape.push(d.n);
@@ -419,19 +548,22 @@ impl Op for QMatVec {
         let descs: Vec<TensorDesc> = inputs.iter().map(|t| t.desc().clone()).collect();
         let Dims { m, n, k, rank } = self.dims(&descs)?;
         let x = f32s(inputs[0])?;
-        // Inputs after x and W, in order: g or u, r, lu, ls, lb.
-        let mut rest = inputs[2..].iter();
-        let mut next = |on: bool| match on.then(|| rest.next()) {
-            None => Ok(None),
-            Some(Some(t)) => f32s(t).map(Some),
-            Some(None) => Err(OpError::Arity {
-                op: NAME,
-                expected: self.arity(),
-                got: inputs.len(),
-            }),
+        // Inputs after x and W, in order: g or u, r, pos, seq, lu, ls, lb
+        // (dims checked the arity: each present one is there).
+        let mut at = 2;
+        let mut take = |on: bool| {
+            let t = on.then(|| inputs[at]);
+            at += usize::from(on);
+            t
         };
-        let extra = next(self.prologue != Prologue::None)?;
-        let r = next(self.residual)?;
+        let extra = opt_f32s(take(self.prologue != Prologue::None))?;
+        let r = opt_f32s(take(self.residual))?;
+        let pos = take(self.rope().is_some()).map(ints);
+        let seq = match take(self.cache_rows().is_some()) {
+            Some(t) => Some(kv_append::read_seq(NAME, t, m)?),
+            None => None,
+        };
+        let mut next = |on: bool| opt_f32s(take(on));
         let (lu, ls, lb) = (next(self.lora)?, next(self.lora)?, next(self.lora)?);
         let xp = prologue_rows(self.prologue, &x, extra.as_deref(), k);
         // [M, R]: each row's u scaled per rank, 0 where the adapter is off.
@@ -476,12 +608,37 @@ impl Op for QMatVec {
                     Ok::<(), OpError>(())
                 },
             )?;
-        let y = out.as_f32_mut().ok_or(check::not_f32(NAME, DType::F32))?;
+        // y row by row, then the heads epilogue.
+        let mut rows = vec![0f32; m * n];
         for (ni, ys) in yt.chunks_exact(m).enumerate() {
             for (mi, &v) in ys.iter().enumerate() {
                 let o = mi * n + ni;
-                y[o] = v + r.as_ref().map_or(0.0, |r| r[o]);
+                rows[o] = v + r.as_ref().map_or(0.0, |r| r[o]);
             }
+        }
+        let y = out.as_f32_mut().ok_or(check::not_f32(NAME, DType::F32))?;
+        let Some(h) = self.heads else {
+            y.copy_from_slice(&rows);
+            return Ok(());
+        };
+        if let (Some(rope), Some(pos)) = (h.rope, &pos) {
+            for (mi, row) in rows.chunks_exact_mut(n).enumerate() {
+                for head in row.chunks_exact_mut(h.head_dim) {
+                    let x = head.to_vec();
+                    rope.rotate(pos[mi], &x, head);
+                }
+            }
+        }
+        match (h.cache_rows, &seq) {
+            (Some(ctx), Some(seq)) => {
+                for (mi, row) in rows.chunks_exact(n).enumerate() {
+                    let target = usize::try_from(seq.range(mi).0).ok().filter(|&t| t < ctx);
+                    if let Some(t) = target {
+                        y[t * n..(t + 1) * n].copy_from_slice(row);
+                    }
+                }
+            }
+            _ => y.copy_from_slice(&rows),
         }
         Ok(())
     }
@@ -523,7 +680,11 @@ impl Op for QMatVec {
         // Two weight rows per workgroup where that still leaves 1024
         // workgroups: on the H200, more rows per workgroup (fewer, longer
         // workgroups) measured slower at every 7B shape.
-        let mut rows = if d.n as u32 / 2 >= 1024 { 2 } else { 1 };
+        let mut rows = if d.n as u32 / 2 >= 1024 || self.rope().is_some() {
+            2
+        } else {
+            1
+        };
         let mut unroll = if big && octets { 4 } else { 2 };
         if let Some((w, r, u)) = self.shape {
             (wg, rows, unroll) = (
@@ -558,6 +719,12 @@ impl Op for QMatVec {
                 break;
             }
         }
+        if self.rope().is_some() && rows % 2 == 1 {
+            return Err(OpError::Unsupported {
+                op: NAME,
+                what: format!("rope over {rows} weight rows per workgroup (needs pairs)"),
+            });
+        }
         let offsets = layout::section_offsets(&inputs[1]).unwrap_or_default();
         let off = |i: usize| offsets.get(i).map_or(0, |&o| o as u32);
         let eps = match self.prologue {
@@ -575,6 +742,12 @@ impl Op for QMatVec {
             s3: off(3),
             eps,
             rank: d.rank as u32,
+            head_dim: self.heads.map_or(0, |h| h.head_dim as u32),
+            n_dims: self.rope().map_or(0, |r| r.n_dims as u32),
+            theta_scale: self.rope().map_or(0.0, |r| r.theta_scale()),
+            freq_scale: self.rope().map_or(0.0, |r| r.freq_scale),
+            ctx: self.cache_rows().map_or(0, |c| c as u32),
+            per_query: u32::from(self.cache_rows().is_some() && inputs[self.seq_at()].shape[0] > 1),
         };
         let mut bindings = String::new();
         let mut b = 3;
@@ -592,6 +765,16 @@ impl Op for QMatVec {
         if self.residual {
             bindings += &format!("@group(0) @binding({b}) var<storage, read> res: array<f32>;\n");
             b += 1;
+        }
+        for (on, name) in [
+            (self.rope().is_some(), "pos"),
+            (self.cache_rows().is_some(), "seq"),
+        ] {
+            if on {
+                bindings +=
+                    &format!("@group(0) @binding({b}) var<storage, read> {name}: array<i32>;\n");
+                b += 1;
+            }
         }
         if self.lora {
             for name in ["lu", "ls", "lb"] {
@@ -644,9 +827,21 @@ impl Op for QMatVec {
                 ("SUMS", u(sums(rows))),
                 ("NORM_FINISH", norm_finish(norm, self.lora)),
                 ("ACCS", accs),
-                ("STORE", store(norm, self.lora, self.residual)),
+                ("VALUE", value(norm, self.lora)),
+                ("ROPE", rope_hole(self.rope().is_some())),
+                ("STORE", store(self.residual, self.cache_rows().is_some())),
                 ("BINDINGS", bindings),
-                ("DECODERS", format!("{helpers}{quad_helpers}// {decoder}")),
+                (
+                    "DECODERS",
+                    format!(
+                        "{helpers}{quad_helpers}// {decoder}{}",
+                        if self.rope().is_some() {
+                            ANGLE_WGSL
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
                 ("REDUCE", reduce.into()),
             ],
         );
@@ -669,9 +864,15 @@ impl Op for QMatVec {
         };
         Ok(GpuKernel {
             key: format!(
-                "qmatvec.{wd}{pro}{}{}{}.wg{wg}.r{rows}.u{unroll}.mr{mr}.{}",
+                "qmatvec.{wd}{pro}{}{}{}{}{}.wg{wg}.r{rows}.u{unroll}.mr{mr}.{}",
                 if self.residual { ".res" } else { "" },
                 if self.lora { ".lora" } else { "" },
+                if self.rope().is_some() { ".rope" } else { "" },
+                if self.cache_rows().is_some() {
+                    ".cache"
+                } else {
+                    ""
+                },
                 if matches!(decode, Decode::Octet { .. }) {
                     ".oct"
                 } else {
@@ -714,20 +915,65 @@ fn norm_finish(norm: bool, lora: bool) -> String {
     s + "    workgroupBarrier();"
 }
 
-/// qmatvec.wgsl's STORE: the sum (scaled by 1 / rms with the norm, plus
-/// the LoRA term kept apart then), plus the residual.
-fn store(norm: bool, lora: bool, residual: bool) -> String {
+/// qmatvec.wgsl's VALUE: sum lid, scaled by 1 / rms with the norm, plus
+/// the LoRA term kept apart then (clamped: invocations past RW compute a
+/// value they never store).
+fn value(norm: bool, lora: bool) -> String {
     let mut v = String::from("total");
     if norm {
         v += " * inv_sh[ids.lid % MR]";
         if lora {
-            v += " + lora_sh[ids.lid]";
+            v += " + lora_sh[min(ids.lid, RW - 1u)]";
         }
     }
-    if residual {
-        v += " + res[o]";
+    v
+}
+
+/// qmatvec.wgsl's ROPE: `out`, the value turned with its pair's mate
+/// (rows 2j and 2j + 1 are sums lid and lid + MR of one workgroup: ROWS is
+/// even) by the angle of x row m's position; or the value itself.
+fn rope_hole(rope: bool) -> String {
+    if !rope {
+        return "    let out = v;".into();
     }
-    format!("y[o] = {v};")
+    "    var out = v;
+    if ids.lid < RW {
+        rope_sh[ids.lid] = v;
+    }
+    workgroupBarrier();
+    if ids.lid < RW {
+        let j = ((n0 + ids.lid / MR) % p.head_dim) >> 1u;
+        if 2u * j < p.n_dims {
+            let cs = rope_cs(pos[min(m0 + ids.lid % MR, p.m - 1u)], j, p.theta_scale, p.freq_scale);
+            if ((ids.lid / MR) & 1u) == 0u {
+                out = v * cs.x - rope_sh[ids.lid + MR] * cs.y;
+            } else {
+                out = rope_sh[ids.lid - MR] * cs.y + v * cs.x;
+            }
+        }
+    }"
+    .into()
+}
+
+/// qmatvec.wgsl's STORE: `out` (plus the residual) at y[m, n], or into the
+/// cache row seq names for x row m (kv_append.wgsl's rule; rows outside
+/// the cache are not written).
+fn store(residual: bool, cache: bool) -> String {
+    if cache {
+        return "let one = p.per_query == 0u;
+            let r = seq[select(2u * m, 0u, one) + 1u] + select(0, i32(m), one);
+            if r >= 0 && u32(r) < p.ctx {
+                y[u32(r) * p.n + n] = out;
+            }"
+        .into();
+    }
+    if residual {
+        "let o = m * p.n + n;
+            y[o] = out + res[o];"
+            .into()
+    } else {
+        "y[m * p.n + n] = out;".into()
+    }
 }
 
 /// Every weight type on decode shapes (M = 1, 3, 8, 11), each prologue and
@@ -766,11 +1012,100 @@ pub fn cases() -> Vec<OpCase> {
                 allow_subgroups: i % 3 != 2,
                 shape: None,
                 octets: Some(i % 2 == 0),
+                heads: None,
             };
             cases.push(OpCase::new(op, inputs, tolerance(k, prologue)));
         }
     }
     cases.extend(lora_cases());
+    cases.extend(heads_cases());
+    cases
+}
+
+/// The heads epilogue: rope alone (q), rope into the cache (k), the cache
+/// alone (v), over a few weight types and each step; partial rotation;
+/// one seq pair and one per row (distinct rows, from bands as KvAppend's
+/// cases); rows outside the cache; with LoRA; N past the row grouping.
+fn heads_cases() -> Vec<OpCase> {
+    // (M, K, heads, head_dim, n_dims (0 = no rope), cache rows (0 = none),
+    // per-row seq, LoRA rank (0 = none))
+    type HeadsCase = (usize, usize, usize, usize, usize, usize, bool, usize);
+    let f = |s: &[usize]| TensorDesc::f32(s);
+    let shapes: [HeadsCase; 7] = [
+        (1, 576, 9, 64, 64, 0, false, 0),
+        (1, 576, 3, 64, 64, 40, false, 0),
+        (3, 576, 3, 64, 0, 40, false, 0),
+        (5, 256, 2, 64, 32, 30, true, 0),
+        (2, 256, 4, 16, 16, 20, false, 8),
+        (1, 256, 32, 128, 128, 0, false, 0),
+        (4, 256, 2, 128, 128, 12, true, 4),
+    ];
+    let mut cases = Vec::new();
+    for (di, wd) in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q4K,
+        DType::F32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (i, (m, k, heads, hd, n_dims, ctx, per_row, rank)) in shapes.into_iter().enumerate() {
+            let k = if wd.block_size() == 256 {
+                256 * k.div_ceil(256)
+            } else {
+                k
+            };
+            let n = heads * hd;
+            let mut inputs = vec![f(&[m, k]), TensorDesc::new(wd, [n, k]), f(&[k])];
+            let rope = (n_dims > 0).then(|| Rope::new(RopeMode::Normal, n_dims, 10000.0));
+            if rope.is_some() {
+                inputs.push(TensorDesc::new(DType::I32, [m]));
+            }
+            let cache_rows = (ctx > 0).then_some(ctx);
+            if ctx > 0 {
+                inputs.push(TensorDesc::new(
+                    DType::I32,
+                    [if per_row { m } else { 1 }, 2],
+                ));
+            }
+            let mut op = QMatVec {
+                octets: Some((i + di) % 2 == 0),
+                ..QMatVec::new(Prologue::Norm { eps: 1e-5 }, false).with_heads(Heads {
+                    head_dim: hd,
+                    rope,
+                    cache_rows,
+                })
+            };
+            let mut zeros = None;
+            if rank > 0 {
+                zeros = Some(inputs.len() + 1);
+                inputs.extend([f(&[m, rank]), f(&[m, rank]), f(&[n, rank])]);
+                op = op.with_lora();
+            }
+            let tol = tolerance(k + rank, op.prologue);
+            // Positions (and starts) small and large; rows from before the
+            // cache to past it, one band per row when each has its own.
+            let (lo, hi) = (-2, ctx as i32 + 2);
+            let ranges = if per_row {
+                let w = (hi - lo) / m as i32;
+                (0..m as i32)
+                    .rev()
+                    .flat_map(|r| [(-3, 4), (lo + r * w, lo + (r + 1) * w)])
+                    .collect()
+            } else if ctx > 0 {
+                vec![(-3, 4), (lo, hi)]
+            } else {
+                vec![(0, 8192)]
+            };
+            let mut case = OpCase::new(op, inputs, tol).int_ranges(ranges);
+            if let Some(z) = zeros {
+                case = case.zeros(z, 0.35);
+            }
+            cases.push(case);
+        }
+    }
     cases
 }
 

@@ -19,6 +19,8 @@ use crate::op::{grid, params_bytes, Caps, GpuKernel, Op, OpError};
 use crate::tensor::{CpuTensor, TensorDesc};
 
 const WGSL: &str = include_str!("../wgsl/rope.wgsl");
+/// The angle of a pair, shared with the fused matvec's rope epilogue.
+pub(crate) const ANGLE_WGSL: &str = include_str!("../wgsl/rope_angle.wgsl");
 const NAME: &str = "rope";
 const WG: u32 = 64;
 
@@ -56,8 +58,28 @@ impl Rope {
     }
 
     /// ggml's `theta_scale = powf(freq_base, -2.0f / n_dims)`.
-    fn theta_scale(&self) -> f32 {
+    pub(crate) fn theta_scale(&self) -> f32 {
         self.freq_base.powf(-2.0 / self.n_dims as f32)
+    }
+
+    /// One head `x` (`head_dim` values) at position `pos` into `y`, as
+    /// the kernel computes it (also the fused matvec's reference).
+    pub(crate) fn rotate(&self, pos: i32, x: &[f32], y: &mut [f32]) {
+        y.copy_from_slice(x);
+        let theta_scale = self.theta_scale();
+        let mut theta = pos as f32;
+        for j in 0..self.n_dims / 2 {
+            let a = self.freq_scale * theta;
+            let (sin, cos) = (a.sin(), a.cos());
+            let (i0, i1) = match self.mode {
+                RopeMode::Normal => (2 * j, 2 * j + 1),
+                RopeMode::Neox => (j, j + self.n_dims / 2),
+            };
+            let (x0, x1) = (x[i0], x[i1]);
+            y[i0] = x0 * cos - x1 * sin;
+            y[i1] = x0 * sin + x1 * cos;
+            theta *= theta_scale;
+        }
     }
 }
 
@@ -122,30 +144,13 @@ impl Op for Rope {
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         let y = out.as_f32_mut().ok_or(check::not_f32(NAME, DType::F32))?;
-        let theta_scale = self.theta_scale();
-        let (n_dims, mode, freq_scale) = (self.n_dims, self.mode, self.freq_scale);
         if head_dim == 0 || heads == 0 {
             return Ok(());
         }
         y.par_chunks_mut(head_dim)
             .zip(x.par_chunks(head_dim))
             .enumerate()
-            .for_each(|(row, (y, x))| {
-                y.copy_from_slice(x);
-                let mut theta = pos[row / heads] as f32;
-                for j in 0..n_dims / 2 {
-                    let a = freq_scale * theta;
-                    let (sin, cos) = (a.sin(), a.cos());
-                    let (i0, i1) = match mode {
-                        RopeMode::Normal => (2 * j, 2 * j + 1),
-                        RopeMode::Neox => (j, j + n_dims / 2),
-                    };
-                    let (x0, x1) = (x[i0], x[i1]);
-                    y[i0] = x0 * cos - x1 * sin;
-                    y[i1] = x0 * sin + x1 * cos;
-                    theta *= theta_scale;
-                }
-            });
+            .for_each(|(row, (y, x))| self.rotate(pos[row / heads], x, y));
         Ok(())
     }
 
@@ -170,7 +175,10 @@ impl Op for Rope {
         let neox = self.mode == RopeMode::Neox;
         Ok(GpuKernel {
             key: format!("rope.{}", if neox { "neox" } else { "normal" }),
-            source: WGSL.replace("{{NEOX}}", &neox.to_string()).into(),
+            source: WGSL
+                .replace("{{NEOX}}", &neox.to_string())
+                .replace("{{ANGLE}}", ANGLE_WGSL)
+                .into(),
             entry: "main",
             params: params_bytes(&params),
             workgroups: grid(threads.div_ceil(WG), caps.max_workgroups_per_dimension),

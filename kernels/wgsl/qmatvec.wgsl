@@ -32,6 +32,12 @@ struct Params {
     s3: u32,
     eps: f32,    // NORM
     rank: u32,   // LoRA rank R (0 without LoRA)
+    head_dim: u32,    // heads epilogue (qmatvec.rs, Heads)
+    n_dims: u32,      // rope: rotated dimensions of a head
+    theta_scale: f32, // rope: freq_base^(-2 / n_dims)
+    freq_scale: f32,  // rope
+    ctx: u32,         // cache: its rows
+    per_query: u32,   // cache: 1 = a seq pair per row of x, 0 = one for all
 }
 
 const WG: u32 = {{WG}};
@@ -61,6 +67,8 @@ fn x_quad(m: u32, t: u32) -> vec4<f32> {
 var<workgroup> inv_sh: array<f32, MR>;
 // NORM with LoRA: the LoRA terms, kept apart from the 1 / rms scaling.
 var<workgroup> lora_sh: array<f32, RW>;
+// Rope: the values of a pair of rows (2j, 2j + 1) meet here.
+var<workgroup> rope_sh: array<f32, RW>;
 
 @compute @workgroup_size(WG)
 fn main(ids: Ids) {
@@ -80,11 +88,13 @@ fn main(ids: Ids) {
     // NORM, RW + mi the sum of squares of x row mi, and with LoRA too
     // RW + MR + i the LoRA term of sum i (not to be scaled by 1 / rms).
 {{NORM_FINISH}}
+    // The value of sum lid (lid < RW), then the heads epilogue's rope.
+    let v = {{VALUE}};
+{{ROPE}}
     if ids.lid < RW {
         let n = n0 + ids.lid / MR;
         let m = m0 + ids.lid % MR;
         if n < p.n && m < p.m {
-            let o = m * p.n + n;
             {{STORE}}
         }
     }

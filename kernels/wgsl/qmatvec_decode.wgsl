@@ -15,6 +15,22 @@ fn nibbles4(b: u32, q: u32) -> vec4<u32> {
     return (bytes4(word(4u * b + (q & 3u))) >> vec4<u32>((q >> 2u) << 2u)) & vec4<u32>(15u);
 }
 
+// Octet decoders: where two quads of a row share their weight words (the
+// low and high nibbles of one word, or Q6_K's ql/qh), `dq8_<type>(n, o)`
+// decodes octet o of row n, both quads at once, and `oq_<type>(o)` says
+// which quads of the row (of x) they are. One invocation step then uses
+// every bit of each word it loads. Q8_0's octet is two neighbouring words
+// of a block. Sections "<dtype>.oct".
+//
+// An octet comes back as its quants q (a mat2x4, one quad per column) and
+// per quad h an affine map, values = q[h] * sm[2h] + sm[2h + 1], so the
+// product folds the scales in per quad instead of per value:
+// dot(values, x) = sm[2h] * dot(q[h], x) + sm[2h + 1] * sum(x).
+struct Oct {
+    q: mat2x4<f32>,
+    sm: vec4<f32>,
+}
+
 // @decoder q4_0
 fn dq_q4_0(n: u32, t: u32) -> vec4<f32> {
     let b = n * p.blocks + (t >> 3u);
@@ -113,97 +129,98 @@ fn dq_f32(n: u32, t: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(w[n * p.quads + t]);
 }
 
-// Octet decoders: where two quads of a row share their weight words (the
-// low and high nibbles of one word, or Q6_K's ql/qh), `dq8_<type>(n, o)`
-// decodes octet o of row n, both quads at once, into the columns of a
-// mat2x4, and `oq_<type>(o)` says which quads of the row (of x) they are.
-// One invocation step then uses every bit of each word it loads. Q8_0's
-// octet is two neighbouring words of a block. Sections "<dtype>.oct".
-
 // @decoder q4_0.oct
-// Octet o: word o & 3 of block o >> 2 = quads (o & 3) and (o & 3) + 4.
+// Octet o: word o & 3 of block o >> 2 = quads (o & 3) and (o & 3) + 4;
+// values (q - 8) * d.
 fn oq_q4_0(o: u32) -> vec2<u32> {
     let t = 8u * (o >> 2u) + (o & 3u);
     return vec2<u32>(t, t + 4u);
 }
 
-fn dq8_q4_0(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q4_0(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
     let v = bytes4(word(4u * b + (o & 3u)));
     let d = half_at(p.s1, b);
-    return mat2x4<f32>((vec4<f32>(v & vec4<u32>(15u)) - 8.0) * d, (vec4<f32>(v >> vec4<u32>(4u)) - 8.0) * d);
+    let q = mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)), vec4<f32>(v >> vec4<u32>(4u)));
+    return Oct(q, vec4<f32>(d, -8.0 * d, d, -8.0 * d));
 }
 
 // @decoder q4_1.oct
+// Values q * d + m.
 fn oq_q4_1(o: u32) -> vec2<u32> {
     let t = 8u * (o >> 2u) + (o & 3u);
     return vec2<u32>(t, t + 4u);
 }
 
-fn dq8_q4_1(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q4_1(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
     let v = bytes4(word(4u * b + (o & 3u)));
     let dm = pair_at(p.s1, b);
-    return mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)) * dm.x + dm.y, vec4<f32>(v >> vec4<u32>(4u)) * dm.x + dm.y);
+    let q = mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)), vec4<f32>(v >> vec4<u32>(4u)));
+    return Oct(q, vec4<f32>(dm, dm));
 }
 
 // @decoder q5_0.oct
+// Values (q - 16) * d, the fifth bits from qh.
 fn oq_q5_0(o: u32) -> vec2<u32> {
     let t = 8u * (o >> 2u) + (o & 3u);
     return vec2<u32>(t, t + 4u);
 }
 
-fn dq8_q5_0(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q5_0(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
-    let q = o & 3u;
-    let v = bytes4(word(4u * b + q));
+    let j = o & 3u;
+    let v = bytes4(word(4u * b + j));
     let qh = word(p.s1 + b);
     let d = half_at(p.s2, b);
-    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * q);
-    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * q + 16u);
-    return mat2x4<f32>((vec4<f32>(lo) - 16.0) * d, (vec4<f32>(hi) - 16.0) * d);
+    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * j);
+    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * j + 16u);
+    return Oct(mat2x4<f32>(vec4<f32>(lo), vec4<f32>(hi)), vec4<f32>(d, -16.0 * d, d, -16.0 * d));
 }
 
 // @decoder q5_1.oct
+// Values q * d + m.
 fn oq_q5_1(o: u32) -> vec2<u32> {
     let t = 8u * (o >> 2u) + (o & 3u);
     return vec2<u32>(t, t + 4u);
 }
 
-fn dq8_q5_1(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q5_1(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
-    let q = o & 3u;
-    let v = bytes4(word(4u * b + q));
+    let j = o & 3u;
+    let v = bytes4(word(4u * b + j));
     let qh = word(p.s1 + b);
     let dm = pair_at(p.s2, b);
-    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * q);
-    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * q + 16u);
-    return mat2x4<f32>(vec4<f32>(lo) * dm.x + dm.y, vec4<f32>(hi) * dm.x + dm.y);
+    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * j);
+    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * j + 16u);
+    return Oct(mat2x4<f32>(vec4<f32>(lo), vec4<f32>(hi)), vec4<f32>(dm, dm));
 }
 
 // @decoder q8_0.oct
-// Octet o: words 2 (o & 3), + 1 of block o >> 2 = quads 2o, 2o + 1.
+// Octet o: words 2 (o & 3), + 1 of block o >> 2 = quads 2o, 2o + 1;
+// values q * d.
 fn oq_q8_0(o: u32) -> vec2<u32> {
     return vec2<u32>(2u * o, 2u * o + 1u);
 }
 
-fn dq8_q8_0(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q8_0(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
     let i = 8u * b + 2u * (o & 3u);
     let d = half_at(p.s1, b);
-    return mat2x4<f32>(ibytes4(word(i)) * d, ibytes4(word(i + 1u)) * d);
+    return Oct(mat2x4<f32>(ibytes4(word(i)), ibytes4(word(i + 1u))), vec4<f32>(d, 0.0, d, 0.0));
 }
 
 // @decoder q4_k.oct
 // Octet o of block o >> 5: r = o & 31 is word q = r & 7 of the qs run of
-// sub-blocks 2i, 2i + 1 (i = r >> 3), their low and high nibbles.
+// sub-blocks 2i, 2i + 1 (i = r >> 3), their low and high nibbles; values
+// q * (d * sc) - dmin * m per sub-block.
 fn oq_q4_k(o: u32) -> vec2<u32> {
     let r = o & 31u;
     let t = 64u * (o >> 5u) + 16u * (r >> 3u) + (r & 7u);
     return vec2<u32>(t, t + 8u);
 }
 
-fn dq8_q4_k(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q4_k(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 5u);
     let r = o & 31u;
     let j = 2u * (r >> 3u);
@@ -211,10 +228,8 @@ fn dq8_q4_k(n: u32, o: u32) -> mat2x4<f32> {
     let s0 = scale_min_k4(p.s1 + 3u * b, j);
     let s1 = scale_min_k4(p.s1 + 3u * b, j + 1u);
     let v = bytes4(word(32u * b + 4u * j + (r & 7u)));
-    return mat2x4<f32>(
-        vec4<f32>(v & vec4<u32>(15u)) * (dm.x * s0.x) - dm.y * s0.y,
-        vec4<f32>(v >> vec4<u32>(4u)) * (dm.x * s1.x) - dm.y * s1.y,
-    );
+    let q = mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)), vec4<f32>(v >> vec4<u32>(4u)));
+    return Oct(q, vec4<f32>(dm.x * s0.x, -dm.y * s0.y, dm.x * s1.x, -dm.y * s1.y));
 }
 
 // @decoder q5_k.oct
@@ -224,7 +239,7 @@ fn oq_q5_k(o: u32) -> vec2<u32> {
     return vec2<u32>(t, t + 8u);
 }
 
-fn dq8_q5_k(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q5_k(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 5u);
     let r = o & 31u;
     let q = r & 7u;
@@ -236,23 +251,24 @@ fn dq8_q5_k(n: u32, o: u32) -> mat2x4<f32> {
     let h = bytes4(word(p.s1 + 8u * b + q));
     let lo = (v & vec4<u32>(15u)) | (((h >> vec4<u32>(j)) & vec4<u32>(1u)) << vec4<u32>(4u));
     let hi = (v >> vec4<u32>(4u)) | (((h >> vec4<u32>(j + 1u)) & vec4<u32>(1u)) << vec4<u32>(4u));
-    return mat2x4<f32>(
-        vec4<f32>(lo) * (dm.x * s0.x) - dm.y * s0.y,
-        vec4<f32>(hi) * (dm.x * s1.x) - dm.y * s1.y,
+    return Oct(
+        mat2x4<f32>(vec4<f32>(lo), vec4<f32>(hi)),
+        vec4<f32>(dm.x * s0.x, -dm.y * s0.y, dm.x * s1.x, -dm.y * s1.y),
     );
 }
 
 // @decoder q6_k.oct
 // Octet o of block o >> 5: r = o & 31 is half hf = r >> 4, ql run
 // k1 = (r >> 3) & 1, word q = r & 7: its low nibbles are sub-block
-// j = 4 hf + k1, its high ones j + 2 (qh bits 2 k1 and 2 k1 + 4).
+// j = 4 hf + k1, its high ones j + 2 (qh bits 2 k1 and 2 k1 + 4); values
+// (q - 32) * (d * sc).
 fn oq_q6_k(o: u32) -> vec2<u32> {
     let r = o & 31u;
     let t = 64u * (o >> 5u) + 32u * (r >> 4u) + 8u * ((r >> 3u) & 1u) + (r & 7u);
     return vec2<u32>(t, t + 16u);
 }
 
-fn dq8_q6_k(n: u32, o: u32) -> mat2x4<f32> {
+fn dq8_q6_k(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 5u);
     let r = o & 31u;
     let hf = r >> 4u;
@@ -264,7 +280,7 @@ fn dq8_q6_k(n: u32, o: u32) -> mat2x4<f32> {
     let lo = (ql & vec4<u32>(15u)) | (((qh >> vec4<u32>(2u * k1)) & vec4<u32>(3u)) << vec4<u32>(4u));
     let hi = (ql >> vec4<u32>(4u)) | (((qh >> vec4<u32>(2u * k1 + 4u)) & vec4<u32>(3u)) << vec4<u32>(4u));
     let d = half_at(p.s3, b);
-    let sc0 = f32(extractBits(bitcast<i32>(byte_at(p.s2 + 4u * b, 2u * j + (q >> 2u))), 0u, 8u));
-    let sc1 = f32(extractBits(bitcast<i32>(byte_at(p.s2 + 4u * b, 2u * j + 4u + (q >> 2u))), 0u, 8u));
-    return mat2x4<f32>((vec4<f32>(lo) - 32.0) * (d * sc0), (vec4<f32>(hi) - 32.0) * (d * sc1));
+    let sc0 = d * f32(extractBits(bitcast<i32>(byte_at(p.s2 + 4u * b, 2u * j + (q >> 2u))), 0u, 8u));
+    let sc1 = d * f32(extractBits(bitcast<i32>(byte_at(p.s2 + 4u * b, 2u * j + 4u + (q >> 2u))), 0u, 8u));
+    return Oct(mat2x4<f32>(vec4<f32>(lo), vec4<f32>(hi)), vec4<f32>(sc0, -32.0 * sc0, sc1, -32.0 * sc1));
 }

@@ -21,23 +21,13 @@ struct Params {
 
 const WG: u32 = 64;
 const NEOX: bool = {{NEOX}};
-// 2 pi split so that k * TWO_PI_HI is exact for |k| < 2^16 and the sum
-// carries 2 pi to ~48 bits: the reduced angle is as exact as theta itself.
-const TWO_PI_HI: f32 = 6.28125;
-const TWO_PI_LO: f32 = 1.935307179586232e-3;
-const INV_TWO_PI: f32 = 0.15915494309189535;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> pos: array<i32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-// Vulkan's sin and cos are only accurate on [-pi, pi] (and approximations
-// on NVIDIA lose it fast outside): reduce first, like libm's sinf does.
-fn reduce_angle(theta: f32) -> f32 {
-    let k = round(theta * INV_TWO_PI);
-    return (theta - k * TWO_PI_HI) - k * TWO_PI_LO;
-}
+{{ANGLE}}
 
 @compute @workgroup_size(WG)
 fn main(
@@ -59,13 +49,9 @@ fn main(
         y[base + 2u * j + 1u] = x[base + 2u * j + 1u];
         return;
     }
-    var theta = f32(pos[tok]);
-    for (var s = 0u; s < j; s++) {
-        theta *= p.theta_scale;
-    }
-    let a = reduce_angle(p.freq_scale * theta);
-    let c = cos(a);
-    let sn = sin(a);
+    let cs = rope_cs(pos[tok], j, p.theta_scale, p.freq_scale);
+    let c = cs.x;
+    let sn = cs.y;
     var i0 = base + 2u * j;
     var i1 = i0 + 1u;
     if NEOX {

@@ -14,9 +14,9 @@ use kiln_kernels::flash_attn::FlashAttention;
 use kiln_kernels::get_rows::GetRows;
 use kiln_kernels::kv_append::KvAppend;
 use kiln_kernels::qmatmul::{QMatMul, QMatMulVariant};
-use kiln_kernels::qmatvec::{Prologue, QMatVec};
+use kiln_kernels::qmatvec::{Heads, Prologue, QMatVec};
 use kiln_kernels::rms_norm::RmsNorm;
-use kiln_kernels::rope::Rope;
+use kiln_kernels::rope::{Rope, RopeMode};
 use kiln_kernels::softmax::MaxLogProb;
 use kiln_kernels::{CpuTensor, DType, TensorDesc};
 
@@ -293,17 +293,24 @@ struct Side {
 }
 
 /// `y = x'·Wᵀ (+ r)` through the fused matvec (`inputs` = x, W, then the
-/// prologue's g or u, then r), plus the LoRA term when `side` is given:
-/// `u = x'·Aᵀ` by the same matvec over A, added by the product's epilogue.
+/// prologue's g or u, then r or the heads epilogue's pos and seq), plus the
+/// LoRA term when `side` is given: `u = x'·Aᵀ` by the same matvec over A,
+/// added by the product's epilogue. With `into` (a resident KV cache, the
+/// op storing into it) the product is written there in place.
 fn fused_product(
     g: &mut Graph,
     name: String,
     op: QMatVec,
     inputs: &[TensorId],
     side: Option<Side>,
+    into: Option<TensorId>,
 ) -> Result<TensorId, ModelError> {
+    let apply = |g: &mut Graph, op: QMatVec, inputs: &[TensorId]| match into {
+        Some(target) => g.write_into(name.clone(), op, inputs, target),
+        None => g.op(name.clone(), op, inputs),
+    };
     let Some(side) = side else {
-        return Ok(g.op(name, op, inputs)?);
+        return Ok(apply(g, op, inputs)?);
     };
     let extra = usize::from(op.prologue != Prologue::None);
     let mut u_inputs = vec![inputs[0], side.a];
@@ -312,7 +319,7 @@ fn fused_product(
     let u = g.op(format!("{name}_lora_u"), u_op, &u_inputs)?; // [T, R]
     let mut all = inputs.to_vec();
     all.extend([u, side.s, side.b]);
-    Ok(g.op(name, op.with_lora(), &all)?)
+    Ok(apply(g, op.with_lora(), &all)?)
 }
 
 /// `y = h·Wᵀ` through the tiled product, plus `((h·Aᵀ) ⊙ s)·Bᵀ` when
@@ -455,41 +462,73 @@ impl ForwardGraph {
                 side(&mut g, LoraModule::K),
                 side(&mut g, LoraModule::V),
             );
-            let (mut q, mut k, mut v) = if fused {
-                let qkv = mv(normed, false);
-                (
-                    fused_product(&mut g, name("attn_q"), qkv, &[x, wq, wn], sq)?,
-                    fused_product(&mut g, name("attn_k"), qkv, &[x, wk, wn], sk)?,
-                    fused_product(&mut g, name("attn_v"), qkv, &[x, wv, wn], sv)?,
-                )
-            } else {
-                let h = g.op(name("attn_norm"), norm, &[x, wn])?; // [T, n_embd]
-                (
-                    tiled_product(&mut g, name("attn_q"), mm, h, wq, sq)?, // [T, q_dim]
-                    tiled_product(&mut g, name("attn_k"), mm, h, wk, sk)?, // [T, kv_dim]
-                    tiled_product(&mut g, name("attn_v"), mm, h, wv, sv)?, // [T, kv_dim]
-                )
-            };
-            if let Some([bq, bk, bv]) = &l.bias {
-                let (bq, bk, bv) = (
-                    w(&mut g, "attn_q.bias", bq),
-                    w(&mut g, "attn_k.bias", bk),
-                    w(&mut g, "attn_v.bias", bv),
-                );
-                q = g.op(name("attn_q_b"), Add, &[q, bq])?;
-                k = g.op(name("attn_k_b"), Add, &[k, bk])?;
-                v = g.op(name("attn_v_b"), Add, &[v, bv])?;
-            }
-            let q = g.reshape(q, [t, c.n_head, c.head_dim])?;
-            let k = g.reshape(k, [t, c.n_head_kv, c.head_dim])?;
-            let v = g.reshape(v, [t, c.n_head_kv, c.head_dim])?;
-            let q = g.op(name("q_rope"), rope, &[q, positions])?; // [T, n_head, head_dim]
-            let k = g.op(name("k_rope"), rope, &[k, positions])?; // [T, n_head_kv, head_dim]
             let kc = g.resident(name("cache_k"), kc);
             let vc = g.resident(name("cache_v"), vc);
-            let append = KvAppend::new(caches.rows(), DType::F32);
-            let kc = g.write_into(name("cache_k_append"), append, &[k, seq], kc)?; // [rows, n_head_kv, head_dim]
-            let vc = g.write_into(name("cache_v_append"), append, &[v, seq], vc)?;
+            // Decode steps with normal-mode rope and no biases: rope and
+            // the KV append ride in the q/k/v products' epilogue (4
+            // dispatches and 2 dependent steps a layer fewer).
+            let heads_fused = fused && l.bias.is_none() && c.rope.mode == RopeMode::Normal;
+            let (q, kc, vc) = if heads_fused {
+                let heads = |rope: Option<Rope>, cache: bool| Heads {
+                    head_dim: c.head_dim,
+                    rope,
+                    cache_rows: cache.then_some(caches.rows()),
+                };
+                let qkv = mv(normed, false);
+                let (rq, rk, rv) = (
+                    qkv.with_heads(heads(Some(rope), false)),
+                    qkv.with_heads(heads(Some(rope), true)),
+                    qkv.with_heads(heads(None, true)),
+                );
+                let q = fused_product(
+                    &mut g,
+                    name("attn_q"),
+                    rq,
+                    &[x, wq, wn, positions],
+                    sq,
+                    None,
+                )?; // [T, q_dim], roped
+                let k_in = [x, wk, wn, positions, seq];
+                let kc = fused_product(&mut g, name("cache_k_append"), rk, &k_in, sk, Some(kc))?;
+                let v_in = [x, wv, wn, seq];
+                let vc = fused_product(&mut g, name("cache_v_append"), rv, &v_in, sv, Some(vc))?;
+                (g.reshape(q, [t, c.n_head, c.head_dim])?, kc, vc)
+            } else {
+                let (mut q, mut k, mut v) = if fused {
+                    let qkv = mv(normed, false);
+                    (
+                        fused_product(&mut g, name("attn_q"), qkv, &[x, wq, wn], sq, None)?,
+                        fused_product(&mut g, name("attn_k"), qkv, &[x, wk, wn], sk, None)?,
+                        fused_product(&mut g, name("attn_v"), qkv, &[x, wv, wn], sv, None)?,
+                    )
+                } else {
+                    let h = g.op(name("attn_norm"), norm, &[x, wn])?; // [T, n_embd]
+                    (
+                        tiled_product(&mut g, name("attn_q"), mm, h, wq, sq)?, // [T, q_dim]
+                        tiled_product(&mut g, name("attn_k"), mm, h, wk, sk)?, // [T, kv_dim]
+                        tiled_product(&mut g, name("attn_v"), mm, h, wv, sv)?, // [T, kv_dim]
+                    )
+                };
+                if let Some([bq, bk, bv]) = &l.bias {
+                    let (bq, bk, bv) = (
+                        w(&mut g, "attn_q.bias", bq),
+                        w(&mut g, "attn_k.bias", bk),
+                        w(&mut g, "attn_v.bias", bv),
+                    );
+                    q = g.op(name("attn_q_b"), Add, &[q, bq])?;
+                    k = g.op(name("attn_k_b"), Add, &[k, bk])?;
+                    v = g.op(name("attn_v_b"), Add, &[v, bv])?;
+                }
+                let q = g.reshape(q, [t, c.n_head, c.head_dim])?;
+                let k = g.reshape(k, [t, c.n_head_kv, c.head_dim])?;
+                let v = g.reshape(v, [t, c.n_head_kv, c.head_dim])?;
+                let q = g.op(name("q_rope"), rope, &[q, positions])?; // [T, n_head, head_dim]
+                let k = g.op(name("k_rope"), rope, &[k, positions])?; // [T, n_head_kv, head_dim]
+                let append = KvAppend::new(caches.rows(), DType::F32);
+                let kc = g.write_into(name("cache_k_append"), append, &[k, seq], kc)?; // [rows, n_head_kv, head_dim]
+                let vc = g.write_into(name("cache_v_append"), append, &[v, seq], vc)?;
+                (q, kc, vc)
+            };
             let a = if per_query && !split_attention {
                 g.op(name("attn"), Attention::new(attn_cfg), &[q, kc, vc, seq])?
             } else if per_query {
@@ -510,7 +549,7 @@ impl ForwardGraph {
             let so = side(&mut g, LoraModule::O);
             x = if fused {
                 let op = mv(Prologue::None, true);
-                fused_product(&mut g, name("ffn_inp"), op, &[a, wo, x], so)?
+                fused_product(&mut g, name("ffn_inp"), op, &[a, wo, x], so, None)?
             } else {
                 let o = tiled_product(&mut g, name("attn_out"), mm, a, wo, so)?; // [T, n_embd]
                 g.op(name("ffn_inp"), Add, &[x, o])?
@@ -535,11 +574,18 @@ impl ForwardGraph {
                     mv(normed, false),
                     &[x, wg, wn],
                     sg,
+                    None,
                 )?;
-                let up =
-                    fused_product(&mut g, name("ffn_up"), mv(normed, false), &[x, wu, wn], su)?;
+                let up = fused_product(
+                    &mut g,
+                    name("ffn_up"),
+                    mv(normed, false),
+                    &[x, wu, wn],
+                    su,
+                    None,
+                )?;
                 let down = mv(Prologue::SwiGlu, true);
-                fused_product(&mut g, name("l_out"), down, &[gate, wd, up, x], sd)?
+                fused_product(&mut g, name("l_out"), down, &[gate, wd, up, x], sd, None)?
             } else {
                 let h = g.op(name("ffn_norm"), norm, &[x, wn])?;
                 let gate = tiled_product(&mut g, name("ffn_gate"), mm, h, wg, sg)?; // [T, n_ff]
