@@ -30,11 +30,14 @@ fn model(device: &Device) -> Model {
         return Model::load(&path, device, options).expect("loads the default model");
     }
     let spec: SynthSpec = "smollm2-135m:q4_1".parse().expect("a preset");
-    let path = std::env::temp_dir().join(format!("kiln-lora-bench-{}.gguf", std::process::id()));
-    synth::write(spec, 0, &path).expect("writes the synthetic model");
-    let model = Model::load(&path, device, options).expect("loads the synthetic model");
-    let _ = std::fs::remove_file(&path);
-    model
+    synth::with_file(
+        spec,
+        0,
+        |path| -> Result<Model, Box<dyn std::error::Error>> {
+            Ok(Model::load(path, device, options)?)
+        },
+    )
+    .expect("builds and loads the synthetic model")
 }
 
 fn adapter(model: &Model, name: &str, seed: u64) -> LoraAdapter {

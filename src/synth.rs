@@ -390,6 +390,27 @@ pub fn write(spec: SynthSpec, seed: u64, path: impl AsRef<Path>) -> Result<(), S
     Ok(build(spec, seed)?.write(path)?)
 }
 
+/// Writes the model to a temporary GGUF, hands its path to `f` (to load
+/// it, to describe it) and removes the file afterwards, whatever `f`
+/// returns: a synthetic model run without leaving a file behind.
+pub fn with_file<T, E: From<SynthError>>(
+    spec: SynthSpec,
+    seed: u64,
+    f: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    let name = format!(
+        "kiln-synth-{}-{}-{seed}.gguf",
+        std::process::id(),
+        spec.to_string().replace(':', "-")
+    );
+    let path = std::env::temp_dir().join(name);
+    let result = write(spec, seed, &path)
+        .map_err(E::from)
+        .and_then(|()| f(&path));
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
 /// A random LoRA adapter for a model of `config`'s shapes: `rank` over
 /// `modules` of every layer, alpha = rank (scale 1), A uniform in
 /// ±1/sqrt(in) and B in ±0.1/sqrt(rank), so the update is a few percent of

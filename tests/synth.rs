@@ -83,3 +83,38 @@ fn k_quants_fall_back_where_rows_are_not_whole_blocks() {
     assert_eq!(synth::fit(DType::Q4K, 1536), DType::Q4K);
     assert_eq!(synth::fit(DType::Q4_0, 576), DType::Q4_0);
 }
+
+/// `with_file` hands over a written model and leaves no file behind, also
+/// when what it ran failed.
+#[test]
+fn with_file_loads_and_removes_the_file_whatever_happens() {
+    let spec = SynthSpec {
+        preset: TINY,
+        quant: DType::Q4_1,
+    };
+    let mut seen = None;
+    let layers = synth::with_file(
+        spec,
+        3,
+        |path| -> Result<usize, Box<dyn std::error::Error>> {
+            seen = Some(path.to_path_buf());
+            let model = Model::load(path, &Device::Cpu, ModelOptions::default())?;
+            Ok(model.config().n_layer)
+        },
+    )
+    .expect("builds and loads");
+    assert_eq!(layers, TINY.n_layer);
+    let path = seen.take().expect("a path was handed over");
+    assert!(!path.exists(), "{path:?} left behind");
+    let failed = synth::with_file(spec, 3, |path| -> Result<(), Box<dyn std::error::Error>> {
+        seen = Some(path.to_path_buf());
+        Err("the caller's own failure".into())
+    });
+    assert_eq!(
+        failed
+            .expect_err("the closure's error comes back")
+            .to_string(),
+        "the caller's own failure"
+    );
+    assert!(!seen.expect("a path").exists());
+}

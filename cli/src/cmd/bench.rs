@@ -423,22 +423,13 @@ fn load_synthetic(
     device: &kiln::Device,
     options: ModelOptions,
 ) -> Result<(Model, ModelInfo)> {
-    let path = std::env::temp_dir().join(format!(
-        "kiln-synth-{}-{}.gguf",
-        std::process::id(),
-        spec.to_string().replace(':', "-")
-    ));
     let start = Instant::now();
-    let written = synth::write(spec, 0, &path);
-    let loaded = written
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            let info = describe(&path, format!("synth {spec}"))?;
-            let model = Model::load(&path, device, options)?;
-            Ok((model, info))
-        })
-        .with_context(|| format!("building the synthetic model {spec}"));
-    let _ = std::fs::remove_file(&path);
+    let loaded = synth::with_file(spec, 0, |path| -> Result<_> {
+        let info = describe(path, format!("synth {spec}"))?;
+        let model = Model::load(path, device, options)?;
+        Ok((model, info))
+    })
+    .with_context(|| format!("building the synthetic model {spec}"));
     eprintln!("built {spec} in {:.1} s", start.elapsed().as_secs_f64());
     loaded
 }
