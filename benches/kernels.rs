@@ -201,16 +201,7 @@ fn qmatvec_sweep(device: &Device, only: &str, rng: &mut StdRng) {
         }
         let mut ready = Vec::new();
         for (name, op) in variants {
-            match Graph::single_op(Arc::new(op), &descs)
-                .map_err(|e| e.to_string())
-                .and_then(|(g, ids)| {
-                    let plan = device.executor().compile(&g).map_err(|e| e.to_string())?;
-                    Ok(Ready {
-                        plan,
-                        ids,
-                        inputs: inputs.clone(),
-                    })
-                }) {
+            match Ready::with_inputs(device, Arc::new(op), &descs, inputs.clone()) {
                 Ok(r) => ready.push((name, r, f64::INFINITY)),
                 Err(e) => println!("qmatvec sweep {shape} {name}: not run: {e}"),
             }
@@ -448,9 +439,19 @@ impl Ready {
         descs: &[TensorDesc],
         rng: &mut StdRng,
     ) -> Result<Ready, String> {
+        let inputs = descs.iter().map(|d| random(rng, d)).collect();
+        Ready::with_inputs(device, op, descs, inputs)
+    }
+
+    /// [`Ready::new`] on given inputs (a sweep's variants share one set).
+    fn with_inputs(
+        device: &Device,
+        op: Arc<dyn Op>,
+        descs: &[TensorDesc],
+        inputs: Vec<CpuTensor>,
+    ) -> Result<Ready, String> {
         let (g, ids) = Graph::single_op(op, descs).map_err(|e| e.to_string())?;
         let plan = device.executor().compile(&g).map_err(|e| e.to_string())?;
-        let inputs = descs.iter().map(|d| random(rng, d)).collect();
         Ok(Ready { plan, ids, inputs })
     }
 

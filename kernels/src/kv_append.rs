@@ -96,6 +96,11 @@ impl Seq {
             _ => (self.0[t].1, self.0[t].0),
         }
     }
+
+    /// The cache row new row `t` lands on, if inside a cache of `ctx` rows.
+    pub(crate) fn cache_row(&self, t: usize, ctx: usize) -> Option<usize> {
+        usize::try_from(self.range(t).0).ok().filter(|&r| r < ctx)
+    }
 }
 
 /// A seq input from `(start, row)` pairs: I32 `[pairs.len(), 2]`.
@@ -166,16 +171,10 @@ impl Op for KvAppend {
             .map_err(|_| check::not_f32(op, inputs[0].dtype()))?;
         let seq = read_seq(op, inputs[1], inputs[0].desc().shape[0])?;
         let row = inputs[0].desc().shape[1..].iter().product::<usize>();
-        // Which cache rows the new rows land on.
-        let target = |t: usize| -> Option<usize> {
-            usize::try_from(seq.range(t).0)
-                .ok()
-                .filter(|&r| r < self.ctx)
-        };
         let rows = new
             .chunks_exact(row.max(1))
             .enumerate()
-            .filter_map(|(t, src)| Some((target(t)?, src)));
+            .filter_map(|(t, src)| Some((seq.cache_row(t, self.ctx)?, src)));
         match self.cache {
             DType::F32 => {
                 let o = out.as_f32_mut().ok_or(check::not_f32(op, DType::F32))?;

@@ -348,14 +348,6 @@ fn opt_f32s<'a>(t: Option<&'a CpuTensor>) -> Result<Option<std::borrow::Cow<'a, 
     t.map(f32s).transpose()
 }
 
-/// An I32 input's values.
-fn ints(t: &CpuTensor) -> Vec<i32> {
-    t.bytes()
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
 /// x' row by row, as f32 (the kernel's arithmetic; the norm's mean in f64
 /// as [`crate::rms_norm`]'s reference). `extra` is g or u.
 fn prologue_rows(prologue: Prologue, x: &[f32], extra: Option<&[f32]>, k: usize) -> Vec<f32> {
@@ -380,8 +372,8 @@ fn prologue_rows(prologue: Prologue, x: &[f32], extra: Option<&[f32]>, k: usize)
     }
 }
 
-/// The kernel's per-variant code, unrolled: clamped row indices (and 1/rms
-/// per x row with the norm) before the loops, then per step t (a quad, or
+/// The kernel's per-variant code, unrolled: clamped row indices before the
+/// loops, then per step t (a quad, or
 /// an octet: two quads) each x row's quads loaded once and every weight
 /// row's step decoded once, with one scalar accumulator per (weight row,
 /// x row). The main loop takes `unroll` steps WG apart per trip, every
@@ -558,7 +550,14 @@ impl Op for QMatVec {
         };
         let extra = opt_f32s(take(self.prologue != Prologue::None))?;
         let r = opt_f32s(take(self.residual))?;
-        let pos = take(self.rope().is_some()).map(ints);
+        let pos = match take(self.rope().is_some()) {
+            Some(t) => Some(t.to_i32().ok_or(OpError::DType {
+                op: NAME,
+                dtype: t.dtype(),
+                what: "the positions",
+            })?),
+            None => None,
+        };
         let seq = match take(self.cache_rows().is_some()) {
             Some(t) => Some(kv_append::read_seq(NAME, t, m)?),
             None => None,
@@ -632,8 +631,7 @@ impl Op for QMatVec {
         match (h.cache_rows, &seq) {
             (Some(ctx), Some(seq)) => {
                 for (mi, row) in rows.chunks_exact(n).enumerate() {
-                    let target = usize::try_from(seq.range(mi).0).ok().filter(|&t| t < ctx);
-                    if let Some(t) = target {
+                    if let Some(t) = seq.cache_row(mi, ctx) {
                         y[t * n..(t + 1) * n].copy_from_slice(row);
                     }
                 }

@@ -31,6 +31,38 @@ struct Oct {
     sm: vec4<f32>,
 }
 
+// Legacy octets (Q4_0, Q4_1, Q5_0, Q5_1): octet o is word o & 3 of block
+// o >> 2, quads (o & 3) and (o & 3) + 4 of the block; its quants, the low
+// nibbles then the high ones, and with Q5 the fifth bits from qh (section
+// s1 for both).
+fn oq_legacy(o: u32) -> vec2<u32> {
+    let t = 8u * (o >> 2u) + (o & 3u);
+    return vec2<u32>(t, t + 4u);
+}
+
+fn legacy_q4(b: u32, o: u32) -> mat2x4<f32> {
+    let v = bytes4(word(4u * b + (o & 3u)));
+    return mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)), vec4<f32>(v >> vec4<u32>(4u)));
+}
+
+fn legacy_q5(b: u32, o: u32) -> mat2x4<f32> {
+    let j = o & 3u;
+    let v = bytes4(word(4u * b + j));
+    let qh = word(p.s1 + b);
+    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * j);
+    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * j + 16u);
+    return mat2x4<f32>(vec4<f32>(lo), vec4<f32>(hi));
+}
+
+// Q4_K and Q5_K octets: octet o of block o >> 5, r = o & 31, is word
+// r & 7 of the qs run of sub-blocks 2i, 2i + 1 (i = r >> 3), their low and
+// high nibbles.
+fn oq_k(o: u32) -> vec2<u32> {
+    let r = o & 31u;
+    let t = 64u * (o >> 5u) + 16u * (r >> 3u) + (r & 7u);
+    return vec2<u32>(t, t + 8u);
+}
+
 // @decoder q4_0
 fn dq_q4_0(n: u32, t: u32) -> vec4<f32> {
     let b = n * p.blocks + (t >> 3u);
@@ -130,70 +162,51 @@ fn dq_f32(n: u32, t: u32) -> vec4<f32> {
 }
 
 // @decoder q4_0.oct
-// Octet o: word o & 3 of block o >> 2 = quads (o & 3) and (o & 3) + 4;
-// values (q - 8) * d.
+// Values (q - 8) * d.
 fn oq_q4_0(o: u32) -> vec2<u32> {
-    let t = 8u * (o >> 2u) + (o & 3u);
-    return vec2<u32>(t, t + 4u);
+    return oq_legacy(o);
 }
 
 fn dq8_q4_0(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
-    let v = bytes4(word(4u * b + (o & 3u)));
     let d = half_at(p.s1, b);
-    let q = mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)), vec4<f32>(v >> vec4<u32>(4u)));
-    return Oct(q, vec4<f32>(d, -8.0 * d, d, -8.0 * d));
+    return Oct(legacy_q4(b, o), vec4<f32>(d, -8.0 * d, d, -8.0 * d));
 }
 
 // @decoder q4_1.oct
 // Values q * d + m.
 fn oq_q4_1(o: u32) -> vec2<u32> {
-    let t = 8u * (o >> 2u) + (o & 3u);
-    return vec2<u32>(t, t + 4u);
+    return oq_legacy(o);
 }
 
 fn dq8_q4_1(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
-    let v = bytes4(word(4u * b + (o & 3u)));
     let dm = pair_at(p.s1, b);
-    let q = mat2x4<f32>(vec4<f32>(v & vec4<u32>(15u)), vec4<f32>(v >> vec4<u32>(4u)));
-    return Oct(q, vec4<f32>(dm, dm));
+    return Oct(legacy_q4(b, o), vec4<f32>(dm, dm));
 }
 
 // @decoder q5_0.oct
-// Values (q - 16) * d, the fifth bits from qh.
+// Values (q - 16) * d.
 fn oq_q5_0(o: u32) -> vec2<u32> {
-    let t = 8u * (o >> 2u) + (o & 3u);
-    return vec2<u32>(t, t + 4u);
+    return oq_legacy(o);
 }
 
 fn dq8_q5_0(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
-    let j = o & 3u;
-    let v = bytes4(word(4u * b + j));
-    let qh = word(p.s1 + b);
     let d = half_at(p.s2, b);
-    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * j);
-    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * j + 16u);
-    return Oct(mat2x4<f32>(vec4<f32>(lo), vec4<f32>(hi)), vec4<f32>(d, -16.0 * d, d, -16.0 * d));
+    return Oct(legacy_q5(b, o), vec4<f32>(d, -16.0 * d, d, -16.0 * d));
 }
 
 // @decoder q5_1.oct
 // Values q * d + m.
 fn oq_q5_1(o: u32) -> vec2<u32> {
-    let t = 8u * (o >> 2u) + (o & 3u);
-    return vec2<u32>(t, t + 4u);
+    return oq_legacy(o);
 }
 
 fn dq8_q5_1(n: u32, o: u32) -> Oct {
     let b = n * p.blocks + (o >> 2u);
-    let j = o & 3u;
-    let v = bytes4(word(4u * b + j));
-    let qh = word(p.s1 + b);
     let dm = pair_at(p.s2, b);
-    let lo = (v & vec4<u32>(15u)) | high_bits(qh, 4u * j);
-    let hi = (v >> vec4<u32>(4u)) | high_bits(qh, 4u * j + 16u);
-    return Oct(mat2x4<f32>(vec4<f32>(lo), vec4<f32>(hi)), vec4<f32>(dm, dm));
+    return Oct(legacy_q5(b, o), vec4<f32>(dm, dm));
 }
 
 // @decoder q8_0.oct
@@ -211,13 +224,9 @@ fn dq8_q8_0(n: u32, o: u32) -> Oct {
 }
 
 // @decoder q4_k.oct
-// Octet o of block o >> 5: r = o & 31 is word q = r & 7 of the qs run of
-// sub-blocks 2i, 2i + 1 (i = r >> 3), their low and high nibbles; values
-// q * (d * sc) - dmin * m per sub-block.
+// Values q * (d * sc) - dmin * m per sub-block.
 fn oq_q4_k(o: u32) -> vec2<u32> {
-    let r = o & 31u;
-    let t = 64u * (o >> 5u) + 16u * (r >> 3u) + (r & 7u);
-    return vec2<u32>(t, t + 8u);
+    return oq_k(o);
 }
 
 fn dq8_q4_k(n: u32, o: u32) -> Oct {
@@ -233,10 +242,9 @@ fn dq8_q4_k(n: u32, o: u32) -> Oct {
 }
 
 // @decoder q5_k.oct
+// Q4_K plus bit j of qh as each value's fifth bit.
 fn oq_q5_k(o: u32) -> vec2<u32> {
-    let r = o & 31u;
-    let t = 64u * (o >> 5u) + 16u * (r >> 3u) + (r & 7u);
-    return vec2<u32>(t, t + 8u);
+    return oq_k(o);
 }
 
 fn dq8_q5_k(n: u32, o: u32) -> Oct {
